@@ -1,0 +1,78 @@
+r"""KL divergence between two univariate normal distributions.
+
+.. math::
+
+    \mathrm{KL}(\mathcal N(\mu_p, \sigma_p^2) \,\|\, \mathcal N(\mu_q, \sigma_q^2))
+    = \tfrac12\Big(\varphi(d) + \frac{(\mu_p - \mu_q)^2}{\sigma_q^2}\Big),\qquad
+    d = \log\frac{\sigma_p^2}{\sigma_q^2},\quad \varphi(d) = e^d - 1 - d \ge 0.
+
+Both terms are non-negative, so the sum has no cancellation and is never negative. The
+log-variance ratio ``d`` is taken from the inputs as directly as their parametrization allows:
+a difference of the inputs for ``log_std``/``log_var``, :func:`kldiv._xp.log_ratio` for
+``std``/``var`` (so two close scales keep their relative accuracy), and a conversion to
+log-variance only when the two sides use different parametrizations. ``Normal.standard()``
+takes the other side's parametrization, exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._registry import register_kl
+from .._xp import log_ratio, phi, xp_of
+from ..dists import Normal
+
+#: How each parametrization turns into log-variance (used only across parametrizations).
+_TO_LOG_VAR = {
+    "std": lambda xp, s: 2.0 * xp.log(s),
+    "var": lambda xp, v: xp.log(v),
+    "log_std": lambda xp, ls: 2.0 * ls,
+    "log_var": lambda xp, lv: lv,
+}
+
+#: The standard normal's scale in each parametrization (exact).
+_UNIT = {"std": 1.0, "var": 1.0, "log_std": 0.0, "log_var": 0.0}
+
+
+def log_var_ratio(xp: Any, p: Normal, q: Normal) -> Any:
+    """``log(var_p / var_q)``, as accurate as the two parametrizations allow."""
+    kind_p, kind_q = p.param, q.param
+    sp, sq = p.scale, q.scale
+    if p.standard_ and not q.standard_:
+        kind_p, sp = kind_q, xp.full_like(sq, _UNIT[kind_q])
+    elif q.standard_ and not p.standard_:
+        kind_q, sq = kind_p, xp.full_like(sp, _UNIT[kind_p])
+    if {kind_p, kind_q} == {"std", "var"}:  # compare standard deviations: one sqrt, no overflow
+        sp = sp if kind_p == "std" else xp.sqrt(sp)
+        sq = sq if kind_q == "std" else xp.sqrt(sq)
+        kind_p = kind_q = "std"
+    if kind_p == kind_q:
+        if kind_p == "std":
+            return 2.0 * log_ratio(xp, sp, sq)
+        if kind_p == "var":
+            return log_ratio(xp, sp, sq)
+        if kind_p == "log_std":
+            return 2.0 * (sp - sq)
+        return sp - sq
+    return _TO_LOG_VAR[kind_p](xp, sp) - _TO_LOG_VAR[kind_q](xp, sq)
+
+
+def standardized_gap(xp: Any, dloc: Any, q: Normal) -> Any:
+    """``(mu_p - mu_q) / sigma_q`` without forming ``sigma_q**2`` (no early overflow)."""
+    s = q.scale
+    if q.param == "std":
+        return dloc / s
+    if q.param == "var":
+        return dloc / xp.sqrt(s)
+    if q.param == "log_std":
+        return dloc * xp.exp(-s)
+    return dloc * xp.exp(-0.5 * s)
+
+
+@register_kl(Normal, Normal)
+def kl_normal_normal(p: Normal, q: Normal) -> Any:
+    """KL(p || q) for two ``Normal`` specs, elementwise (see the module docstring)."""
+    xp = xp_of(p.loc)
+    d = log_var_ratio(xp, p, q)
+    z = standardized_gap(xp, p.loc - q.loc, q)
+    return 0.5 * (phi(xp, d) + z * z)

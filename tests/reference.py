@@ -1,0 +1,94 @@
+"""Independent references in mpmath (50 digits) on the exact floating-point inputs.
+
+These are the textbook formulas, written without any of kldiv's reformulations, evaluated in
+high precision so that rounding in the reference is far below the tolerances tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import mpmath as mp
+import numpy as np
+
+mp.mp.dps = 50
+
+
+def _m(x: float) -> mp.mpf:
+    return mp.mpf(float(x))  # exact: every float64 is an mpf
+
+
+def normal_from(loc: float, param: str, value: float) -> tuple[mp.mpf, mp.mpf]:
+    """(mean, variance) of a Normal given in any parametrization, exactly."""
+    v = _m(value)
+    var = {"std": v * v, "var": v, "log_std": mp.e ** (2 * v), "log_var": mp.e ** v}[param]
+    return _m(loc), var
+
+
+def kl_normal(mp_, vp, mq, vq) -> mp.mpf:
+    """KL(N(mp, vp) || N(mq, vq)) = 1/2 (vp/vq + (mp-mq)^2/vq - 1 + log(vq/vp))."""
+    return (vp / vq + (mp_ - mq) ** 2 / vq - 1 + mp.log(vq / vp)) / 2
+
+
+def kl_normal_params(loc_p, param_p, s_p, loc_q, param_q, s_q) -> float:
+    return float(kl_normal(*normal_from(loc_p, param_p, s_p), *normal_from(loc_q, param_q, s_q)))
+
+
+def _normalize(weights: Sequence[mp.mpf]) -> list[mp.mpf]:
+    z = mp.fsum(weights)
+    return [w / z for w in weights]
+
+
+def categorical_probs(param: str, values: Sequence[float]) -> list[mp.mpf]:
+    """Normalized probabilities from probs, logits or log_probs (exact inputs, 50 digits)."""
+    vals = [_m(v) for v in values]
+    if param == "probs":
+        return _normalize(vals)
+    return _normalize([mp.e ** v if v != -mp.inf else mp.mpf(0) for v in vals])
+
+
+def kl_categorical(p: Sequence[mp.mpf], q: Sequence[mp.mpf]) -> mp.mpf:
+    """sum_i p_i log(p_i / q_i) with 0 log 0 = 0 and +inf where p_i > 0 = q_i."""
+    total = mp.mpf(0)
+    for pi, qi in zip(p, q):
+        if pi == 0:
+            continue
+        if qi == 0:
+            return mp.inf
+        total += pi * mp.log(pi / qi)
+    return total
+
+
+def kl_categorical_params(param_p, p, param_q, q) -> float:
+    return float(kl_categorical(categorical_probs(param_p, p), categorical_probs(param_q, q)))
+
+
+def bernoulli_probs(param: str, value: float) -> list[mp.mpf]:
+    v = _m(value)
+    p1 = v if param == "probs" else 1 / (1 + mp.e ** (-v))
+    return [1 - p1, p1]
+
+
+def kl_bernoulli_params(param_p, p, param_q, q) -> float:
+    return float(kl_categorical(bernoulli_probs(param_p, p), bernoulli_probs(param_q, q)))
+
+
+def kl_mvn(loc_p, cov_p, loc_q, cov_q) -> float:
+    """1/2 (tr(Sq^-1 Sp) + (mq-mp)^T Sq^-1 (mq-mp) - k + log det Sq - log det Sp), in mpmath."""
+    k = len(loc_p)
+    Sp = mp.matrix([[_m(x) for x in row] for row in np.asarray(cov_p)])
+    Sq = mp.matrix([[_m(x) for x in row] for row in np.asarray(cov_q)])
+    d = mp.matrix([_m(b) - _m(a) for a, b in zip(loc_p, loc_q)])
+    Sq_inv = Sq ** -1
+    tr = sum((Sq_inv * Sp)[i, i] for i in range(k))
+    quad = (d.T * Sq_inv * d)[0, 0]
+    return float((tr + quad - k + mp.log(mp.det(Sq)) - mp.log(mp.det(Sp))) / 2)
+
+
+def rel_err(got: float, want: float) -> float:
+    """Relative error, with inf == inf and 0 == 0 counted exact."""
+    if want == got:
+        return 0.0
+    if want == 0 or not np.isfinite(want):
+        return float("inf")
+    return abs(got - want) / abs(want)
