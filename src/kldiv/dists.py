@@ -77,7 +77,8 @@ class Distribution:
                 continue
             shape = getattr(v, "shape", None)
             parts.append(f"{f}={v!r}" if shape is None else f"{f}=<array {tuple(shape)}>")
-        parts += [f"{f}={getattr(self, f)!r}" for f in self._static_fields if f != "param"]
+        parts += [f"{f}={getattr(self, f)!r}" for f in self._static_fields
+                  if f != "param" and not f.endswith("_")]
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
