@@ -85,7 +85,7 @@ def test_constructor_keywords(build, fragments):
          ("no formula for p: Normal and q: Categorical", "Categorical || Categorical",
           "Normal || Normal", "register_kl")),
         (lambda: kldiv.kl(N, N, validate="yes"), ("validate", "True or False")),
-        (lambda: kldiv.kl(N, object()), ("no formula", "q: object")),
+        (lambda: kldiv.kl(N, object()), ("no formula", "q: builtins.object")),
     ],
 )
 def test_bad_input_table(call, fragments):
@@ -99,6 +99,12 @@ def test_two_libraries_mixed():
         kldiv.kl(Normal(np.zeros(2), std=np.ones(2)), Normal(np.zeros(2), std=torch.ones(2)))
     with raises("mask", "same library", "numpy"):
         kldiv.kl(Normal(torch.zeros(2), std=1.0), Normal.standard(), mask=np.ones(2, bool))
+
+
+def test_torch_distribution_by_mistake_is_named_in_full():
+    torch = pytest.importorskip("torch")
+    with raises("q: torch.distributions.normal.Normal"):
+        kldiv.kl(N, torch.distributions.Normal(0.0, 1.0))
 
 
 def test_jax_with_numpy_mixed():

@@ -117,6 +117,8 @@ def kl(p: Any, q: Any, *, event_axis: int | tuple[int, ...] | None = None, mask:
     if not (isinstance(p, Distribution) and isinstance(q, Distribution)):
         values = fn(p, q)
         xp = _xp.xp_of(values)
+        if _xp.library_of(values) is None:
+            values = xp.asarray(values)
         return _reduce.reduce(xp, values, in_shape=tuple(values.shape), family_axis=None,
                               event_axis=event_axis, mask=mask, reduction=reduction,
                               normalizer=normalizer)

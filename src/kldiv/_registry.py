@@ -51,6 +51,13 @@ def registered_pairs() -> list[str]:
     return sorted(f"{p.__name__} || {q.__name__}" for p, q in _REGISTRY)
 
 
+def _name(t: type) -> str:
+    """A kldiv class by its name; anything else (e.g. torch.distributions.Normal) in full."""
+    if t.__module__.split(".")[0] == "kldiv":
+        return t.__name__
+    return f"{t.__module__}.{t.__qualname__}"
+
+
 def lookup(type_p: type, type_q: type) -> KLFunction:
     """The formula for ``(type_p, type_q)``: the registered pair nearest in both MROs."""
     exact = _REGISTRY.get((type_p, type_q))
@@ -66,7 +73,7 @@ def lookup(type_p: type, type_q: type) -> KLFunction:
                 best, best_key = fn, key
     if best is None:
         raise KLDivError(
-            f"kl(p, q): no formula for p: {type_p.__name__} and q: {type_q.__name__}; "
+            f"kl(p, q): no formula for p: {_name(type_p)} and q: {_name(type_q)}; "
             f"the pairs that exist are: {', '.join(registered_pairs())}. "
             "Register one with kldiv.register_kl(P, Q)."
         )
