@@ -35,9 +35,11 @@ def normal_near_equal_float32() -> list[tuple[str, str, str]]:
     vae_val = (-0.5 * (1 + lv - lv.exp())).item()  # the hand-written VAE term, mu = 0
     kl_val = float(kldiv.kl(Normal(torch.zeros(()), std=ts), Normal.standard()))
     case = "Normal, σ = 1 + 1e-4, float32"
-    return [(case, "torch.distributions", rel(torch_val, want)),
-            (case, "hand-written VAE formula", rel(vae_val, want)),
-            (case, "kldiv", rel(kl_val, want))]
+    return [
+        (case, "torch.distributions", rel(torch_val, want)),
+        (case, "hand-written VAE formula", rel(vae_val, want)),
+        (case, "kldiv", rel(kl_val, want)),
+    ]
 
 
 def keras_clipping() -> list[tuple[str, str, str]]:
@@ -49,8 +51,10 @@ def keras_clipping() -> list[tuple[str, str, str]]:
     keras_val = float(np.sum(pc * np.log(pc / qc)))
     kl_val = float(kldiv.kl(Categorical(probs=p), Categorical(probs=q)))
     case = f"one-hot p, q = 1e-12 on its class (true KL {float(want):.2f})"
-    return [(case, f"Keras-style clip at 1e-7 (gives {keras_val:.2f})", rel(keras_val, want)),
-            (case, f"kldiv (gives {kl_val:.2f})", rel(kl_val, want))]
+    return [
+        (case, f"Keras-style clip at 1e-7 (gives {keras_val:.2f})", rel(keras_val, want)),
+        (case, f"kldiv (gives {kl_val:.2f})", rel(kl_val, want)),
+    ]
 
 
 def categorical_near_equal() -> list[tuple[str, str, str]]:
@@ -62,18 +66,21 @@ def categorical_near_equal() -> list[tuple[str, str, str]]:
     pa = [mp.e ** mp.mpf(x) for x in a]
     pb = [mp.e ** mp.mpf(x) for x in b]
     za, zb = mp.fsum(pa), mp.fsum(pb)
-    want = mp.fsum((x / za) * mp.log((x / za) / (y / zb)) for x, y in zip(pa, pb))
+    want = mp.fsum((x / za) * mp.log((x / za) / (y / zb)) for x, y in zip(pa, pb, strict=False))
     ta, tb = torch.tensor(a), torch.tensor(b)
     d = torch.distributions
     torch_val = d.kl_divergence(d.Categorical(logits=ta), d.Categorical(logits=tb)).item()
     f = torch.nn.functional
-    kl_div_val = f.kl_div(f.log_softmax(tb, -1), f.log_softmax(ta, -1), log_target=True,
-                          reduction="sum").item()
+    kl_div_val = f.kl_div(
+        f.log_softmax(tb, -1), f.log_softmax(ta, -1), log_target=True, reduction="sum"
+    ).item()
     kl_val = float(kldiv.kl(Categorical(logits=a), Categorical(logits=b)))
     case = f"logits a vs a + 1e-9·noise, float64 (KL = {float(want):.1e})"
-    return [(case, "torch.distributions", rel(torch_val, want)),
-            (case, "F.kl_div(log_softmax, log_softmax)", rel(kl_div_val, want)),
-            (case, "kldiv", rel(kl_val, want))]
+    return [
+        (case, "torch.distributions", rel(torch_val, want)),
+        (case, "F.kl_div(log_softmax, log_softmax)", rel(kl_div_val, want)),
+        (case, "kldiv", rel(kl_val, want)),
+    ]
 
 
 def nan_gradient() -> list[tuple[str, str, str]]:
@@ -87,20 +94,23 @@ def nan_gradient() -> list[tuple[str, str, str]]:
     logits.grad = None
     kldiv.kl(Categorical(logits=logits), Categorical(logits=q)).backward()
     case = "gradient of KL at logits [0, 0, -inf]"
-    return [(case, "torch.distributions", str(torch_grad.tolist())),
-            (case, "kldiv", str([round(v, 4) for v in logits.grad.tolist()]))]
+    return [
+        (case, "torch.distributions", str(torch_grad.tolist())),
+        (case, "kldiv", str([round(v, 4) for v in logits.grad.tolist()])),
+    ]
 
 
 def main() -> None:
-    rows = (normal_near_equal_float32() + categorical_near_equal() + keras_clipping()
-            + nan_gradient())
+    rows = (
+        normal_near_equal_float32() + categorical_near_equal() + keras_clipping() + nan_gradient()
+    )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     header = ("case", "implementation", "relative error (or value)")
-    widths = [max(w, len(h)) for w, h in zip(widths, header)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=False)]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)))
     print("-|-".join("-" * w for w in widths))
     for r in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths)))
+        print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)))
 
 
 if __name__ == "__main__":

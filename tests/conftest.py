@@ -90,9 +90,12 @@ class Backend:
 
     def is_own(self, x: Any) -> bool:
         mod = type(x).__module__.split(".")[0]
-        return {"numpy": mod == "numpy", "torch": mod == "torch",
-                "jax": mod in ("jax", "jaxlib"),
-                "array_api_strict": mod == "array_api_strict"}[self.name]
+        return {
+            "numpy": mod == "numpy",
+            "torch": mod == "torch",
+            "jax": mod in ("jax", "jaxlib"),
+            "array_api_strict": mod == "array_api_strict",
+        }[self.name]
 
     def dtype_name(self, x: Any) -> str:
         return str(x.dtype).rsplit(".", 1)[-1]

@@ -21,7 +21,7 @@ def _m(x: float) -> mp.mpf:
 def normal_from(loc: float, param: str, value: float) -> tuple[mp.mpf, mp.mpf]:
     """(mean, variance) of a Normal given in any parametrization, exactly."""
     v = _m(value)
-    var = {"std": v * v, "var": v, "log_std": mp.e ** (2 * v), "log_var": mp.e ** v}[param]
+    var = {"std": v * v, "var": v, "log_std": mp.e ** (2 * v), "log_var": mp.e**v}[param]
     return _m(loc), var
 
 
@@ -44,13 +44,13 @@ def categorical_probs(param: str, values: Sequence[float]) -> list[mp.mpf]:
     vals = [_m(v) for v in values]
     if param == "probs":
         return _normalize(vals)
-    return _normalize([mp.e ** v if v != -mp.inf else mp.mpf(0) for v in vals])
+    return _normalize([mp.e**v if v != -mp.inf else mp.mpf(0) for v in vals])
 
 
 def kl_categorical(p: Sequence[mp.mpf], q: Sequence[mp.mpf]) -> mp.mpf:
     """sum_i p_i log(p_i / q_i) with 0 log 0 = 0 and +inf where p_i > 0 = q_i."""
     total = mp.mpf(0)
-    for pi, qi in zip(p, q):
+    for pi, qi in zip(p, q, strict=False):
         if pi == 0:
             continue
         if qi == 0:
@@ -78,8 +78,8 @@ def kl_mvn(loc_p, cov_p, loc_q, cov_q) -> float:
     k = len(loc_p)
     Sp = mp.matrix([[_m(x) for x in row] for row in np.asarray(cov_p)])
     Sq = mp.matrix([[_m(x) for x in row] for row in np.asarray(cov_q)])
-    d = mp.matrix([_m(b) - _m(a) for a, b in zip(loc_p, loc_q)])
-    Sq_inv = Sq ** -1
+    d = mp.matrix([_m(b) - _m(a) for a, b in zip(loc_p, loc_q, strict=False)])
+    Sq_inv = Sq**-1
     tr = sum((Sq_inv * Sp)[i, i] for i in range(k))
     quad = (d.T * Sq_inv * d)[0, 0]
     return float((tr + quad - k + mp.log(mp.det(Sq)) - mp.log(mp.det(Sp))) / 2)

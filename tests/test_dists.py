@@ -20,8 +20,11 @@ def test_specs_are_jax_pytrees_and_cross_jit_boundaries():
     leaves = jax.tree_util.tree_leaves(p)
     assert len(leaves) == 2
     got = jax.jit(lambda p, q: kldiv.kl(p, q, reduction="sum"))(p, q)
-    want = kldiv.kl(Normal(np.zeros(3), log_var=np.full(3, 0.5)),
-                    Normal(np.ones(3), std=np.full(3, 2.0)), reduction="sum")
+    want = kldiv.kl(
+        Normal(np.zeros(3), log_var=np.full(3, 0.5)),
+        Normal(np.ones(3), std=np.full(3, 2.0)),
+        reduction="sum",
+    )
     assert float(got) == pytest.approx(float(want), rel=1e-12)
     c = Categorical(logits=jnp.zeros((2, 4)), axis=0)
     c2 = jax.tree_util.tree_map(lambda x: x + 1.0, c)

@@ -32,10 +32,19 @@ def vae():
 def test_reductions_match_their_definitions(xp, vae, reduction):
     mu, lv, terms = vae
     per_dist = terms.sum(axis=-1)
-    want = {"none": per_dist, "sum": per_dist.sum(), "mean": per_dist.mean(),
-            "batchmean": per_dist.sum() / per_dist.shape[0]}[reduction]
-    got = xp.call(lambda m, v: kldiv.kl(Normal(m, log_var=v), Normal.standard(), event_axis=-1,
-                                        reduction=reduction), xp.asarray(mu), xp.asarray(lv))
+    want = {
+        "none": per_dist,
+        "sum": per_dist.sum(),
+        "mean": per_dist.mean(),
+        "batchmean": per_dist.sum() / per_dist.shape[0],
+    }[reduction]
+    got = xp.call(
+        lambda m, v: kldiv.kl(
+            Normal(m, log_var=v), Normal.standard(), event_axis=-1, reduction=reduction
+        ),
+        xp.asarray(mu),
+        xp.asarray(lv),
+    )
     np.testing.assert_allclose(xp.np(got), want, rtol=1e-13)
     assert tuple(got.shape) == np.shape(want)
 
@@ -51,29 +60,48 @@ def test_mean_is_not_torch_mean(vae):
 @pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean"])
 def test_normalizer_overrides_divisor(xp, vae, reduction):
     mu, lv, terms = vae
-    got = xp.call(lambda m, v: kldiv.kl(Normal(m, log_var=v), Normal.standard(), event_axis=-1,
-                                        reduction=reduction, normalizer=17),
-                  xp.asarray(mu), xp.asarray(lv))
+    got = xp.call(
+        lambda m, v: kldiv.kl(
+            Normal(m, log_var=v),
+            Normal.standard(),
+            event_axis=-1,
+            reduction=reduction,
+            normalizer=17,
+        ),
+        xp.asarray(mu),
+        xp.asarray(lv),
+    )
     np.testing.assert_allclose(xp.np(got), terms.sum() / 17, rtol=1e-13)
 
 
 def test_normalizer_may_be_an_array(xp, vae):
     mu, lv, terms = vae
-    got = xp.call(lambda m, v, n: kldiv.kl(Normal(m, log_var=v), Normal.standard(),
-                                           reduction="mean", normalizer=n),
-                  xp.asarray(mu), xp.asarray(lv), xp.asarray(3.5))
+    got = xp.call(
+        lambda m, v, n: kldiv.kl(
+            Normal(m, log_var=v), Normal.standard(), reduction="mean", normalizer=n
+        ),
+        xp.asarray(mu),
+        xp.asarray(lv),
+        xp.asarray(3.5),
+    )
     np.testing.assert_allclose(xp.np(got), terms.sum() / 3.5, rtol=1e-13)
 
 
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 def test_mask_equals_slicing(xp, vae, reduction):
-    mu, lv, terms = vae
+    mu, lv, _terms = vae
     keep = np.array([True, False, True, True, False, True])
-    masked = xp.call(lambda m, v, k: kldiv.kl(Normal(m, log_var=v), Normal.standard(),
-                                              event_axis=-1, mask=k, reduction=reduction),
-                     xp.asarray(mu), xp.asarray(lv), xp.bool(keep))
-    sliced = kldiv.kl(Normal(mu[keep], log_var=lv[keep]), Normal.standard(), event_axis=-1,
-                      reduction=reduction)
+    masked = xp.call(
+        lambda m, v, k: kldiv.kl(
+            Normal(m, log_var=v), Normal.standard(), event_axis=-1, mask=k, reduction=reduction
+        ),
+        xp.asarray(mu),
+        xp.asarray(lv),
+        xp.bool(keep),
+    )
+    sliced = kldiv.kl(
+        Normal(mu[keep], log_var=lv[keep]), Normal.standard(), event_axis=-1, reduction=reduction
+    )
     if reduction == "none":
         np.testing.assert_allclose(xp.np(masked)[keep], sliced, rtol=1e-13)
         assert np.all(xp.np(masked)[~keep] == 0)
@@ -84,10 +112,12 @@ def test_mask_equals_slicing(xp, vae, reduction):
 def test_mask_of_zeros_and_ones_equals_bool(vae):
     mu, lv, _ = vae
     keep = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
-    a = kldiv.kl(Normal(mu, log_var=lv), Normal.standard(), event_axis=-1, mask=keep,
-                 reduction="mean")
-    b = kldiv.kl(Normal(mu, log_var=lv), Normal.standard(), event_axis=-1, mask=keep > 0,
-                 reduction="mean")
+    a = kldiv.kl(
+        Normal(mu, log_var=lv), Normal.standard(), event_axis=-1, mask=keep, reduction="mean"
+    )
+    b = kldiv.kl(
+        Normal(mu, log_var=lv), Normal.standard(), event_axis=-1, mask=keep > 0, reduction="mean"
+    )
     assert a == b
 
 
@@ -97,9 +127,14 @@ def test_vits_mask_of_input_rank(xp):
     mu, lv = RNG.normal(size=(b, c, t)), RNG.normal(size=(b, c, t))
     lengths = np.array([5, 2, 3])
     z_mask = (np.arange(t)[None, None, :] < lengths[:, None, None]).astype(np.float64)
-    got = xp.call(lambda m, v, k: kldiv.kl(Normal(m, log_var=v), Normal.standard(), event_axis=1,
-                                           mask=k, reduction="mean"),
-                  xp.asarray(mu), xp.asarray(lv), xp.asarray(z_mask))
+    got = xp.call(
+        lambda m, v, k: kldiv.kl(
+            Normal(m, log_var=v), Normal.standard(), event_axis=1, mask=k, reduction="mean"
+        ),
+        xp.asarray(mu),
+        xp.asarray(lv),
+        xp.asarray(z_mask),
+    )
     terms = normal_terms(mu, lv).sum(axis=1)  # (B, T)
     want = (terms * z_mask[:, 0, :]).sum() / z_mask.sum()
     np.testing.assert_allclose(xp.np(got), want, rtol=1e-13)
@@ -110,19 +145,27 @@ def test_mask_with_size_one_on_family_axis():
     a, b = RNG.normal(size=(3, 4, 6)), RNG.normal(size=(3, 4, 6))
     keep = RNG.random(size=(3, 4)) > 0.5
     m1 = kldiv.kl(Categorical(logits=a), Categorical(logits=b), mask=keep, reduction="sum")
-    m2 = kldiv.kl(Categorical(logits=a), Categorical(logits=b), mask=keep[..., None],
-                  reduction="sum")
+    m2 = kldiv.kl(
+        Categorical(logits=a), Categorical(logits=b), mask=keep[..., None], reduction="sum"
+    )
     assert m1 == m2
-    assert m1 == pytest.approx(kldiv.kl(Categorical(logits=a[keep]), Categorical(logits=b[keep]),
-                                        reduction="sum"), rel=1e-13)
+    assert m1 == pytest.approx(
+        kldiv.kl(Categorical(logits=a[keep]), Categorical(logits=b[keep]), reduction="sum"),
+        rel=1e-13,
+    )
 
 
 def test_all_masked_mean_is_zero_with_zero_gradients():
     torch = pytest.importorskip("torch")
     mu = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     lv = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    out = kldiv.kl(Normal(mu, log_var=lv), Normal.standard(), event_axis=-1,
-                   mask=torch.zeros(4, dtype=torch.bool), reduction="mean")
+    out = kldiv.kl(
+        Normal(mu, log_var=lv),
+        Normal.standard(),
+        event_axis=-1,
+        mask=torch.zeros(4, dtype=torch.bool),
+        reduction="mean",
+    )
     out.backward()
     assert out.item() == 0.0
     assert torch.all(mu.grad == 0) and torch.all(lv.grad == 0)
@@ -133,8 +176,9 @@ def test_all_masked_mean_jax_grad_is_zero():
     import jax.numpy as jnp
 
     def loss(mu):
-        return kldiv.kl(Normal(mu, std=1.5), Normal.standard(), mask=jnp.zeros(mu.shape, bool),
-                        reduction="mean")
+        return kldiv.kl(
+            Normal(mu, std=1.5), Normal.standard(), mask=jnp.zeros(mu.shape, bool), reduction="mean"
+        )
 
     g = jax.jit(jax.grad(loss))(jnp.ones((5,)))
     assert float(loss(jnp.ones((5,)))) == 0.0
@@ -152,17 +196,25 @@ def test_categorical_event_axis_counts_input_axes():
     """event_axis names axes of the inputs; the class axis itself may be listed, harmlessly."""
     a, b = RNG.normal(size=(2, 3, 5)), RNG.normal(size=(2, 3, 5))
     per_row = kldiv.kl(Categorical(logits=a), Categorical(logits=b))
-    np.testing.assert_allclose(kldiv.kl(Categorical(logits=a), Categorical(logits=b),
-                                        event_axis=1), per_row.sum(axis=1), rtol=1e-13)
-    np.testing.assert_allclose(kldiv.kl(Categorical(logits=a), Categorical(logits=b),
-                                        event_axis=(1, -1)), per_row.sum(axis=1), rtol=1e-13)
+    np.testing.assert_allclose(
+        kldiv.kl(Categorical(logits=a), Categorical(logits=b), event_axis=1),
+        per_row.sum(axis=1),
+        rtol=1e-13,
+    )
+    np.testing.assert_allclose(
+        kldiv.kl(Categorical(logits=a), Categorical(logits=b), event_axis=(1, -1)),
+        per_row.sum(axis=1),
+        rtol=1e-13,
+    )
 
 
 def test_moving_the_class_axis_equals_moving_the_data():
     a, b = RNG.normal(size=(4, 6, 3)), RNG.normal(size=(4, 6, 3))
     last = kldiv.kl(Categorical(logits=a), Categorical(logits=b))
-    moved = kldiv.kl(Categorical(logits=np.moveaxis(a, -1, 0), axis=0),
-                     Categorical(logits=np.moveaxis(b, -1, 0), axis=0))
+    moved = kldiv.kl(
+        Categorical(logits=np.moveaxis(a, -1, 0), axis=0),
+        Categorical(logits=np.moveaxis(b, -1, 0), axis=0),
+    )
     np.testing.assert_allclose(moved, last, rtol=1e-14)
 
 
@@ -177,13 +229,23 @@ def test_broadcasting_against_a_shared_prior():
 def test_inputs_are_not_mutated(xp):
     mu, lv = RNG.normal(size=(3, 2)), RNG.normal(size=(3, 2))
     a, b, m = xp.asarray(mu), xp.asarray(lv), xp.bool([True, False, True])
-    xp.call(lambda a, b, m: kldiv.kl(Normal(a, log_var=b), Normal.standard(), event_axis=-1,
-                                     mask=m, reduction="mean"), a, b, m)
+    xp.call(
+        lambda a, b, m: kldiv.kl(
+            Normal(a, log_var=b), Normal.standard(), event_axis=-1, mask=m, reduction="mean"
+        ),
+        a,
+        b,
+        m,
+    )
     np.testing.assert_array_equal(xp.np(a), mu)
     np.testing.assert_array_equal(xp.np(b), lv)
 
 
 def test_empty_batch_mean_is_zero():
-    out = kldiv.kl(Normal(np.zeros((0, 3)), std=np.ones((0, 3))), Normal.standard(),
-                   event_axis=-1, reduction="mean")
+    out = kldiv.kl(
+        Normal(np.zeros((0, 3)), std=np.ones((0, 3))),
+        Normal.standard(),
+        event_axis=-1,
+        reduction="mean",
+    )
     assert out == 0.0

@@ -23,13 +23,14 @@ def _prepare(p: Distribution, q: Distribution, mask: Any, normalizer: Any):
     others = {"mask": mask} if mask is not None else {}
     if normalizer is not None and _xp.library_of(normalizer) is not None:
         others["normalizer"] = normalizer
-    xp, lib = _xp.common_namespace({**params, **others})
+    xp, _lib = _xp.common_namespace({**params, **others})
     device = _xp.device_of({**params, **others})
     compute, out = _xp.float_dtypes(xp, params)
 
     def convert(d: Distribution, side: str) -> Distribution:
-        return d._replace(**{f: _xp.as_float(xp, v, compute, device)
-                             for f, v in d._arrays().items()})
+        return d._replace(
+            **{f: _xp.as_float(xp, v, compute, device) for f, v in d._arrays().items()}
+        )
 
     p2, q2 = convert(p, "p"), convert(q, "q")
     shapes = {}
@@ -58,25 +59,48 @@ def _family_axis(p: Distribution, q: Distribution, in_shape: tuple[int, ...]) ->
         if a is not None:
             axes[side] = a
     if len(set(axes.values())) > 1:
-        raise KLDivError(f"q.axis: expected the same class axis as p.axis (input axis "
-                         f"{axes['p']} of shape {in_shape}), got input axis {axes['q']}")
+        raise KLDivError(
+            f"q.axis: expected the same class axis as p.axis (input axis "
+            f"{axes['p']} of shape {in_shape}), got input axis {axes['q']}"
+        )
     if axes:
         a = next(iter(axes.values()))
         # A Normal against a MultivariateNormal may broadcast along the event axis (isotropic).
-        sizes = {side: d._input_shapes() for side, d in (("p", p), ("q", q))
-                 if not isinstance(d, Normal)}
-        event_sizes = {f"{side}.{f}": s[a - ndim] for side, ss in sizes.items()
-                       for f, s in ss.items() if len(s) >= ndim - a}
+        sizes = {
+            side: d._input_shapes() for side, d in (("p", p), ("q", q)) if not isinstance(d, Normal)
+        }
+        event_sizes = {
+            f"{side}.{f}": s[a - ndim]
+            for side, ss in sizes.items()
+            for f, s in ss.items()
+            if len(s) >= ndim - a
+        }
+        if 0 in event_sizes.values():
+            name = next(k for k, v in event_sizes.items() if v == 0)
+            raise KLDivError(
+                f"{name}: expected at least one class/dimension along the event "
+                f"axis {a - ndim}, got size 0"
+            )
         if len(set(event_sizes.values())) > 1:
             detail = ", ".join(f"{k}: {v}" for k, v in event_sizes.items())
-            raise KLDivError(f"q: expected the same number of classes/dimensions along the "
-                             f"event axis as p, got {detail}")
+            raise KLDivError(
+                f"q: expected the same number of classes/dimensions along the "
+                f"event axis as p, got {detail}"
+            )
         return a
     return None
 
 
-def kl(p: Any, q: Any, *, event_axis: int | tuple[int, ...] | None = None, mask: Any = None,
-       reduction: str = "none", normalizer: Any = None, validate: bool = False) -> Any:
+def kl(
+    p: Any,
+    q: Any,
+    *,
+    event_axis: int | tuple[int, ...] | None = None,
+    mask: Any = None,
+    reduction: str = "none",
+    normalizer: Any = None,
+    validate: bool = False,
+) -> Any:
     r"""KL(p || q): the divergence of ``q`` from ``p``, the expectation taken under ``p``.
 
     .. math::
@@ -119,9 +143,16 @@ def kl(p: Any, q: Any, *, event_axis: int | tuple[int, ...] | None = None, mask:
         xp = _xp.xp_of(values)
         if _xp.library_of(values) is None:
             values = xp.asarray(values)
-        return _reduce.reduce(xp, values, in_shape=tuple(values.shape), family_axis=None,
-                              event_axis=event_axis, mask=mask, reduction=reduction,
-                              normalizer=normalizer)
+        return _reduce.reduce(
+            xp,
+            values,
+            in_shape=tuple(values.shape),
+            family_axis=None,
+            event_axis=event_axis,
+            mask=mask,
+            reduction=reduction,
+            normalizer=normalizer,
+        )
     xp, p2, q2, in_shape, out_dtype, compute, mask = _prepare(p, q, mask, normalizer)
     family = _family_axis(p2, q2, in_shape)
     if _is_diag_vs_mvn(p2, q2):
@@ -134,9 +165,16 @@ def kl(p: Any, q: Any, *, event_axis: int | tuple[int, ...] | None = None, mask:
         if mask is not None:
             check_values(mask, "mask")
     values = fn(p2, q2)
-    result = _reduce.reduce(xp, values, in_shape=in_shape, family_axis=family,
-                            event_axis=event_axis, mask=mask, reduction=reduction,
-                            normalizer=_as_normalizer(xp, normalizer, compute))
+    result = _reduce.reduce(
+        xp,
+        values,
+        in_shape=in_shape,
+        family_axis=family,
+        event_axis=event_axis,
+        mask=mask,
+        reduction=reduction,
+        normalizer=_as_normalizer(xp, normalizer, compute),
+    )
     if result.dtype != out_dtype:
         result = xp.astype(result, out_dtype)
     return result
@@ -150,13 +188,15 @@ def _as_normalizer(xp: Any, normalizer: Any, dtype: Any) -> Any:
 
 def _is_diag_vs_mvn(p: Any, q: Any) -> bool:
     return (isinstance(p, Normal) and isinstance(q, MultivariateNormal)) or (
-        isinstance(p, MultivariateNormal) and isinstance(q, Normal))
+        isinstance(p, MultivariateNormal) and isinstance(q, Normal)
+    )
 
 
 def _check_diag_event_axis(event_axis: Any, in_shape: tuple[int, ...]) -> None:
     ndim = len(in_shape)
-    axes = () if event_axis is None else _xp.normalize_axes(event_axis, ndim, "event_axis",
-                                                            in_shape)
+    axes = (
+        () if event_axis is None else _xp.normalize_axes(event_axis, ndim, "event_axis", in_shape)
+    )
     if ndim - 1 not in axes:
         raise KLDivError(
             "event_axis: expected it to include -1 for a Normal against a MultivariateNormal "

@@ -33,13 +33,16 @@ REDUCTIONS = ("none", "sum", "mean", "batchmean")
 def check_reduction(reduction: Any, normalizer: Any) -> None:
     """Static checks of ``reduction`` and ``normalizer`` (before any work is done)."""
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise bad("reduction", f"one of {', '.join(repr(r) for r in REDUCTIONS)}",
-                  describe(reduction))
+        raise bad(
+            "reduction", f"one of {', '.join(repr(r) for r in REDUCTIONS)}", describe(reduction)
+        )
     if normalizer is None:
         return
     if reduction == "none":
-        raise KLDivError("normalizer: expected no normalizer with reduction='none' (a normalizer "
-                         "divides a total); got " + describe(normalizer))
+        raise KLDivError(
+            "normalizer: expected no normalizer with reduction='none' (a normalizer "
+            "divides a total); got " + describe(normalizer)
+        )
     if isinstance(normalizer, bool):
         raise bad("normalizer", "a positive number or a 0-d array", describe(normalizer))
     if isinstance(normalizer, (int, float)):
@@ -51,8 +54,9 @@ def check_reduction(reduction: Any, normalizer: Any) -> None:
         raise bad("normalizer", "a 0-d array", f"an array of shape {tuple(normalizer.shape)}")
 
 
-def event_layout(ndim: int, shape: tuple[int, ...], family_axis: int | None,
-                 event_axis: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def event_layout(
+    ndim: int, shape: tuple[int, ...], family_axis: int | None, event_axis: Any
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The event axes of the inputs, and those of them to sum in the values a formula returns.
 
     Returns ``(all_event_axes, value_axes_to_sum)``: the first in input coordinates (family
@@ -62,14 +66,21 @@ def event_layout(ndim: int, shape: tuple[int, ...], family_axis: int | None,
     extra = () if event_axis is None else normalize_axes(event_axis, ndim, "event_axis", shape)
     family = () if family_axis is None else (family_axis,)
     all_axes = tuple(sorted(set(extra) | set(family)))
-    to_sum = tuple(a - (1 if family_axis is not None and a > family_axis else 0)
-                   for a in extra if a != family_axis)
+    to_sum = tuple(
+        a - (1 if family_axis is not None and a > family_axis else 0)
+        for a in extra
+        if a != family_axis
+    )
     return all_axes, to_sum
 
 
-def _mask_to_per_distribution(xp: Any, mask: Any, in_shape: tuple[int, ...],
-                              event_axes: tuple[int, ...],
-                              per_shape: tuple[int, ...]) -> Any:
+def _mask_to_per_distribution(
+    xp: Any,
+    mask: Any,
+    in_shape: tuple[int, ...],
+    event_axes: tuple[int, ...],
+    per_shape: tuple[int, ...],
+) -> Any:
     """The mask as a boolean array that broadcasts to ``per_shape`` (see the module doc)."""
     mshape = tuple(mask.shape)
     dtype = mask.dtype
@@ -77,9 +88,11 @@ def _mask_to_per_distribution(xp: Any, mask: Any, in_shape: tuple[int, ...],
         if xp.isdtype(dtype, "complex floating"):
             raise bad("mask", "a boolean or 0/1 array", f"an array of dtype {dtype}")
         mask = mask != 0
-    expected = (f"a shape that broadcasts to the per-distribution shape {per_shape}"
-                + (f" or the inputs' rank {len(in_shape)} with size 1 on the event axes "
-                   f"{event_axes}" if event_axes else ""))
+    expected = f"a shape that broadcasts to the per-distribution shape {per_shape}" + (
+        f" or the inputs' rank {len(in_shape)} with size 1 on the event axes {event_axes}"
+        if event_axes
+        else ""
+    )
     if event_axes and len(mshape) == len(in_shape) and len(in_shape) != len(per_shape):
         if any(mshape[a] != 1 for a in event_axes):
             raise bad("mask", expected, f"shape {mshape}")
@@ -87,14 +100,23 @@ def _mask_to_per_distribution(xp: Any, mask: Any, in_shape: tuple[int, ...],
         mask = xp.reshape(mask, keep)
         mshape = keep
     if len(mshape) > len(per_shape) or any(
-        m not in (1, s) for m, s in zip(mshape[::-1], per_shape[::-1])
+        m not in (1, s) for m, s in zip(mshape[::-1], per_shape[::-1], strict=False)
     ):
         raise bad("mask", expected, f"shape {mshape}")
     return mask
 
 
-def reduce(xp: Any, values: Any, *, in_shape: tuple[int, ...], family_axis: int | None,
-           event_axis: Any, mask: Any, reduction: str, normalizer: Any) -> Any:
+def reduce(
+    xp: Any,
+    values: Any,
+    *,
+    in_shape: tuple[int, ...],
+    family_axis: int | None,
+    event_axis: Any,
+    mask: Any,
+    reduction: str,
+    normalizer: Any,
+) -> Any:
     """Sum the event axes of ``values``, apply ``mask``, then the reduction.
 
     ``values`` is a formula's output: the inputs' shape ``in_shape`` less the family axis.
@@ -104,8 +126,10 @@ def reduce(xp: Any, values: Any, *, in_shape: tuple[int, ...], family_axis: int 
         values = xp.sum(values, axis=to_sum)
     per_shape = tuple(s for i, s in enumerate(in_shape) if i not in all_axes)
     if tuple(values.shape) != per_shape:  # a user formula that returned the wrong shape
-        raise KLDivError(f"kl: the registered formula returned shape {tuple(values.shape)}, "
-                         f"expected {per_shape} for inputs of shape {in_shape}")
+        raise KLDivError(
+            f"kl: the registered formula returned shape {tuple(values.shape)}, "
+            f"expected {per_shape} for inputs of shape {in_shape}"
+        )
     count = None
     if mask is not None:
         mask = _mask_to_per_distribution(xp, mask, in_shape, all_axes, per_shape)
@@ -122,8 +146,10 @@ def reduce(xp: Any, values: Any, *, in_shape: tuple[int, ...], family_axis: int 
         return total
     if reduction == "batchmean":
         if not per_shape:
-            raise KLDivError("reduction: expected per-distribution values with a batch axis for "
-                             "'batchmean', got a single distribution (shape ()); use 'sum'")
+            raise KLDivError(
+                "reduction: expected per-distribution values with a batch axis for "
+                "'batchmean', got a single distribution (shape ()); use 'sum'"
+            )
         return total / per_shape[0]
     if count is None:
         n = 1

@@ -22,8 +22,10 @@ def to_numpy(name: str, x: Any) -> np.ndarray:
                 x = x.float()
         arr = np.asarray(x)
     except Exception as err:  # tracers, lazy arrays
-        raise KLDivError(f"{name}: validate=True needs concrete values, got {type(x).__name__} "
-                         f"({err.__class__.__name__}); validate outside jit/compile") from None
+        raise KLDivError(
+            f"{name}: validate=True needs concrete values, got {type(x).__name__} "
+            f"({err.__class__.__name__}); validate outside jit/compile"
+        ) from None
     return arr.astype(np.float64) if arr.dtype.kind == "f" or arr.dtype.kind == "V" else arr
 
 
@@ -59,14 +61,22 @@ def check_values(d: Any, name: str) -> None:
                 axis = d.axis
                 total = arr.sum(axis=axis)
                 tol = 1e-6 if str(value.dtype).endswith("float64") else 1e-3
-                _first_bad(f"sum of {label} along axis {axis}", total,
-                           np.abs(total - 1) > tol, f"1 (within {tol:g})")
+                _first_bad(
+                    f"sum of {label} along axis {axis}",
+                    total,
+                    np.abs(total - 1) > tol,
+                    f"1 (within {tol:g})",
+                )
         elif field in ("logits", "log_probs"):
             _first_bad(label, arr, arr == np.inf, "a number below +inf")
             if isinstance(d, Categorical):
                 top = arr.max(axis=d.axis)
-                _first_bad(f"max of {label} along axis {d.axis}", top, top == -np.inf,
-                           "at least one finite entry (a class with positive probability)")
+                _first_bad(
+                    f"max of {label} along axis {d.axis}",
+                    top,
+                    top == -np.inf,
+                    "at least one finite entry (a class with positive probability)",
+                )
         elif field in ("scale_tril", "covariance", "precision"):
             _check_matrix(label, field, arr)
 
@@ -84,5 +94,7 @@ def _check_matrix(label: str, field: str, arr: np.ndarray) -> None:
     try:
         np.linalg.cholesky(arr)
     except np.linalg.LinAlgError:
-        raise KLDivError(f"{label}: expected a positive-definite matrix, got one whose "
-                         "Cholesky factorization fails") from None
+        raise KLDivError(
+            f"{label}: expected a positive-definite matrix, got one whose "
+            "Cholesky factorization fails"
+        ) from None

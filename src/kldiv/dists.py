@@ -22,7 +22,9 @@ def _one_of(owner: str, given: dict[str, Any]) -> tuple[str, Any]:
     if len(present) != 1:
         names = ", ".join(given)
         got = "none" if not present else " and ".join(k for k, _ in present)
-        raise KLDivError(f"{owner}: expected exactly one {_KIND[owner]} keyword of {names}; got {got}")
+        raise KLDivError(
+            f"{owner}: expected exactly one {_KIND[owner]} keyword of {names}; got {got}"
+        )
     return present[0]
 
 
@@ -77,8 +79,11 @@ class Distribution:
                 continue
             shape = getattr(v, "shape", None)
             parts.append(f"{f}={v!r}" if shape is None else f"{f}=<array {tuple(shape)}>")
-        parts += [f"{f}={getattr(self, f)!r}" for f in self._static_fields
-                  if f != "param" and not f.endswith("_")]
+        parts += [
+            f"{f}={getattr(self, f)!r}"
+            for f in self._static_fields
+            if f != "param" and not f.endswith("_")
+        ]
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
@@ -93,15 +98,23 @@ class Normal(Distribution):
     Normal(loc=0.0, log_var=0.0)
     """
 
-    __slots__ = ("loc", "std", "var", "log_std", "log_var", "param", "standard_")
+    __slots__ = ("loc", "log_std", "log_var", "param", "standard_", "std", "var")
     _array_fields = ("loc", "std", "var", "log_std", "log_var")
     _static_fields = ("param", "standard_")
     SCALES: ClassVar[tuple[str, ...]] = ("std", "var", "log_std", "log_var")
 
-    def __init__(self, loc: Any, *, std: Any = None, var: Any = None, log_std: Any = None,
-                 log_var: Any = None) -> None:
-        param, _ = _one_of("Normal", {"std": std, "var": var, "log_std": log_std,
-                                      "log_var": log_var})
+    def __init__(
+        self,
+        loc: Any,
+        *,
+        std: Any = None,
+        var: Any = None,
+        log_std: Any = None,
+        log_var: Any = None,
+    ) -> None:
+        param, _ = _one_of(
+            "Normal", {"std": std, "var": var, "log_std": log_std, "log_var": log_var}
+        )
         self.loc, self.std, self.var, self.log_std, self.log_var = loc, std, var, log_std, log_var
         self.param = param
         self.standard_ = False
@@ -137,17 +150,23 @@ class MultivariateNormal(Distribution):
     ``(..., k, k)`` for ``loc`` of shape ``(..., k)``.
     """
 
-    __slots__ = ("loc", "scale_tril", "covariance", "precision", "param")
+    __slots__ = ("covariance", "loc", "param", "precision", "scale_tril")
     _array_fields = ("loc", "scale_tril", "covariance", "precision")
     _static_fields = ("param",)
 
-    def __init__(self, loc: Any, *, scale_tril: Any = None, covariance: Any = None,
-                 precision: Any = None) -> None:
-        param, _ = _one_of("MultivariateNormal", {"scale_tril": scale_tril,
-                                                  "covariance": covariance,
-                                                  "precision": precision})
+    def __init__(
+        self, loc: Any, *, scale_tril: Any = None, covariance: Any = None, precision: Any = None
+    ) -> None:
+        param, _ = _one_of(
+            "MultivariateNormal",
+            {"scale_tril": scale_tril, "covariance": covariance, "precision": precision},
+        )
         self.loc, self.scale_tril, self.covariance, self.precision = (
-            loc, scale_tril, covariance, precision)
+            loc,
+            scale_tril,
+            covariance,
+            precision,
+        )
         self.param = param
         super().__init__()
 
@@ -161,16 +180,21 @@ class MultivariateNormal(Distribution):
         m = shapes.get(self.param)
         if m is not None:
             if len(m) < 2 or m[-1] != m[-2]:
-                raise KLDivError(f"{self.param}: expected a matrix of shape (..., k, k), "
-                                 f"got shape {m}")
+                raise KLDivError(
+                    f"{self.param}: expected a matrix of shape (..., k, k), got shape {m}"
+                )
             shapes[self.param] = m[:-1]
         loc = shapes.get("loc")
         if loc is not None and len(loc) == 0:
-            raise KLDivError(f"loc: expected an array of shape (..., k) for a "
-                             f"MultivariateNormal, got shape {loc}")
+            raise KLDivError(
+                f"loc: expected an array of shape (..., k) for a "
+                f"MultivariateNormal, got shape {loc}"
+            )
         if loc is not None and m is not None and loc[-1] != m[-1]:
-            raise KLDivError(f"{self.param}: expected a ({loc[-1]}, {loc[-1]}) matrix to match "
-                             f"loc of shape {loc}, got shape {m}")
+            raise KLDivError(
+                f"{self.param}: expected a ({loc[-1]}, {loc[-1]}) matrix to match "
+                f"loc of shape {loc}, got shape {m}"
+            )
         return shapes
 
     def _event_axis(self, ndim: int) -> int | None:
@@ -185,14 +209,16 @@ class Categorical(Distribution):
     normalized again with a log-sum-exp, so slightly unnormalized input is harmless).
     """
 
-    __slots__ = ("probs", "logits", "log_probs", "axis", "param")
+    __slots__ = ("axis", "log_probs", "logits", "param", "probs")
     _array_fields = ("probs", "logits", "log_probs")
     _static_fields = ("axis", "param")
 
-    def __init__(self, *, probs: Any = None, logits: Any = None, log_probs: Any = None,
-                 axis: int = -1) -> None:
-        param, _ = _one_of("Categorical", {"probs": probs, "logits": logits,
-                                           "log_probs": log_probs})
+    def __init__(
+        self, *, probs: Any = None, logits: Any = None, log_probs: Any = None, axis: int = -1
+    ) -> None:
+        param, _ = _one_of(
+            "Categorical", {"probs": probs, "logits": logits, "log_probs": log_probs}
+        )
         if isinstance(axis, bool) or not isinstance(axis, int):
             raise KLDivError(f"axis: expected an int, got {type(axis).__name__} {axis!r}")
         self.probs, self.logits, self.log_probs = probs, logits, log_probs
@@ -208,8 +234,10 @@ class Categorical(Distribution):
     def _event_axis(self, ndim: int) -> int | None:
         own = len(getattr(self.value, "shape", (0,)))
         if not -own <= self.axis < own:
-            raise KLDivError(f"axis: expected an axis in [-{own}, {own}) for {self.param} of "
-                             f"shape {tuple(getattr(self.value, 'shape', ()))}, got {self.axis}")
+            raise KLDivError(
+                f"axis: expected an axis in [-{own}, {own}) for {self.param} of "
+                f"shape {tuple(getattr(self.value, 'shape', ()))}, got {self.axis}"
+            )
         return (self.axis % own) + (ndim - own)
 
 
@@ -218,7 +246,7 @@ class Bernoulli(Distribution):
     ``logits`` :math:`\log\frac{P(X=1)}{P(X=0)}`.
     """
 
-    __slots__ = ("probs", "logits", "param")
+    __slots__ = ("logits", "param", "probs")
     _array_fields = ("probs", "logits")
     _static_fields = ("param",)
 
@@ -261,9 +289,9 @@ def register_pytree(cls: type) -> None:
 
     def unflatten(aux: tuple[Any, ...], children: tuple[Any, ...]) -> Distribution:
         new = object.__new__(cls)
-        for f, v in zip(fields, children):
+        for f, v in zip(fields, children, strict=False):
             object.__setattr__(new, f, v)
-        for f, v in zip(static, aux):
+        for f, v in zip(static, aux, strict=False):
             object.__setattr__(new, f, v)
         return new
 

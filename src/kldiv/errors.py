@@ -29,7 +29,8 @@ def describe(value: Any) -> str:
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
     if shape is not None and dtype is not None:
-        return f"{type(value).__module__.split('.')[0]} array of shape {tuple(shape)} and dtype {dtype}"
+        lib = type(value).__module__.split(".")[0]
+        return f"{lib} array of shape {tuple(shape)} and dtype {dtype}"
     if isinstance(value, str):
         return f"the string {value!r}"
     return f"{type(value).__name__} {value!r}"

@@ -102,9 +102,9 @@ def kl_from_sides(xp: Any, p: Side, q: Side, delta: Any, axis: int) -> Any:
     c = xp.where(near, xp.log1p(xp.where(near, s, xp.zeros_like(s))), c_far)
     x = xp.where(pos, dprime - c, 0.0)
     one = xp.ones_like(p.hat)
-    t = xp.where(pos,
-                 weighted_phi(xp, xp.where(pos, p.hat, one), xp.where(pos, p.log_hat, 0.0), x),
-                 q.hat)
+    t = xp.where(
+        pos, weighted_phi(xp, xp.where(pos, p.hat, one), xp.where(pos, p.log_hat, 0.0), x), q.hat
+    )
     return xp.sum(t, axis=axis)
 
 

@@ -16,6 +16,7 @@ takes the other side's parametrization, exactly.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .._registry import register_kl
@@ -75,4 +76,6 @@ def kl_normal_normal(p: Normal, q: Normal) -> Any:
     xp = xp_of(p.loc)
     d = log_var_ratio(xp, p, q)
     z = standardized_gap(xp, p.loc - q.loc, q)
-    return 0.5 * (phi(xp, d) + z * z)
+    # sigma_q = 0 (a point mass) makes the KL infinite; without this, 0/0 in z would give NaN.
+    point_mass = q.scale == (-math.inf if q.param in ("log_std", "log_var") else 0.0)
+    return 0.5 * (phi(xp, d) + xp.where(point_mass, math.inf, z * z))
