@@ -92,3 +92,31 @@ def rel_err(got: float, want: float) -> float:
     if want == 0 or not np.isfinite(want):
         return float("inf")
     return abs(got - want) / abs(want)
+
+
+def _log_probs_np(param: str, values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """float64 log-probabilities (an approximation, for error bounds only)."""
+    v = np.asarray(values, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        if param == "probs":
+            return np.log(v) - np.log(v.sum(axis=axis, keepdims=True))
+    m = v.max(axis=axis, keepdims=True)
+    return v - (m + np.log(np.exp(v - m).sum(axis=axis, keepdims=True)))
+
+
+def conversion_bound(param_p: str, p, param_q: str, q, axis: int = -1) -> np.ndarray:
+    """The documented error bound for probabilities against log-space parameters (float64).
+
+    Converting probabilities to logarithms (or back) rounds each log-ratio ``x_i`` by up to
+    ``delta = 4 eps max(1, |log p_i|, |log q_i|)``; to second order the KL then moves by at most
+    ``sum_i p_i |expm1(x_i)| delta + 1/2 sum_i p_i exp(x_i) delta**2`` (docs/numerics.md).
+    """
+    lp = _log_probs_np(param_p, p, axis)
+    lq = _log_probs_np(param_q, q, axis)
+    both = np.isfinite(lp) & np.isfinite(lq)
+    lp_s, lq_s = np.where(both, lp, 0.0), np.where(both, lq, 0.0)
+    big = np.maximum(1.0, np.maximum(np.abs(lp_s), np.abs(lq_s)))
+    delta = 4 * np.finfo(np.float64).eps * big.max(axis=axis, keepdims=True)
+    pw, x = np.exp(lp_s), lq_s - lp_s
+    terms = pw * np.abs(np.expm1(x)) * delta + 0.5 * pw * np.exp(x) * delta**2
+    return np.where(both, terms, 0.0).sum(axis=axis)

@@ -4,6 +4,8 @@
 at the call site; reductions are explicit. See README.md for a tour.
 """
 
+import sys as _sys
+
 from . import closed as _closed  # registers the closed forms
 from ._kl import kl as kl
 from ._reduce import REDUCTIONS as REDUCTIONS
@@ -18,4 +20,10 @@ from .errors import KLDivError as KLDivError
 
 __version__ = "0.1.0"
 
-del _closed
+if "jax" in _sys.modules:  # otherwise each spec class registers itself on first use
+    from .dists import register_all_pytrees as _register_all_pytrees
+
+    _register_all_pytrees()
+    del _register_all_pytrees
+
+del _closed, _sys

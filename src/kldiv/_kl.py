@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import _reduce, _registry, _xp
 from .dists import Distribution, MultivariateNormal, Normal
 from .errors import KLDivError
@@ -23,9 +25,13 @@ def _prepare(p: Distribution, q: Distribution, mask: Any, normalizer: Any):
     others = {"mask": mask} if mask is not None else {}
     if normalizer is not None and _xp.library_of(normalizer) is not None:
         others["normalizer"] = normalizer
-    xp, _lib = _xp.common_namespace({**params, **others})
+    xp, lib = _xp.common_namespace({**params, **others})
     device = _xp.device_of({**params, **others})
     compute, out = _xp.float_dtypes(xp, params)
+    if compute == xp.float32 and _mixed(p, q) and _xp.has_float64(xp, device):
+        # Converting one parametrization into another (log of a probability, sqrt of a
+        # variance, ...) costs float32 digits that near-equal inputs can't spare.
+        compute = xp.float64
 
     def convert(d: Distribution, side: str) -> Distribution:
         return d._replace(
@@ -45,7 +51,7 @@ def _prepare(p: Distribution, q: Distribution, mask: Any, normalizer: Any):
     if mask is not None and _xp.library_of(mask) is None:
         mask = xp.asarray(mask) if device is None else xp.asarray(mask, device=device)
         others["mask"] = mask
-    return xp, p2, q2, in_shape, out, compute, mask
+    return xp, lib, p2, q2, in_shape, out, compute, mask
 
 
 def _family_axis(p: Distribution, q: Distribution, in_shape: tuple[int, ...]) -> int | None:
@@ -153,7 +159,7 @@ def kl(
             reduction=reduction,
             normalizer=normalizer,
         )
-    xp, p2, q2, in_shape, out_dtype, compute, mask = _prepare(p, q, mask, normalizer)
+    xp, lib, p2, q2, in_shape, out_dtype, compute, mask = _prepare(p, q, mask, normalizer)
     family = _family_axis(p2, q2, in_shape)
     if _is_diag_vs_mvn(p2, q2):
         _check_diag_event_axis(event_axis, in_shape)
@@ -164,7 +170,12 @@ def kl(
         check_values(q2, "q")
         if mask is not None:
             check_values(mask, "mask")
-    values = fn(p2, q2)
+    if lib in (None, "numpy"):
+        # where() evaluates both branches; NumPy would warn about the one it then discards.
+        with np.errstate(all="ignore"):
+            values = fn(p2, q2)
+    else:
+        values = fn(p2, q2)
     result = _reduce.reduce(
         xp,
         values,
@@ -178,6 +189,13 @@ def kl(
     if result.dtype != out_dtype:
         result = xp.astype(result, out_dtype)
     return result
+
+
+def _mixed(p: Distribution, q: Distribution) -> bool:
+    """Whether p and q are given in different parametrizations (N(0, 1) adapts to any)."""
+    if getattr(p, "standard_", False) or getattr(q, "standard_", False):
+        return False
+    return getattr(p, "param", None) != getattr(q, "param", None)
 
 
 def _as_normalizer(xp: Any, normalizer: Any, dtype: Any) -> Any:

@@ -57,7 +57,7 @@ def namespace_for(library: str | None, example: Any = None) -> Any:
 
         return np_xp
     if library == "torch":
-        import array_api_compat.torch as torch_xp  # noqa: I001
+        import array_api_compat.torch as torch_xp
 
         return torch_xp
     if library == "jax":
@@ -160,8 +160,21 @@ def device_of(named: Mapping[str, Any]) -> Any:
         if found is None:
             found, found_name = dev, name
         elif dev != found:
-            raise KLDivError(f"{name}: expected an array on {found_name}'s device {found}, got {dev}")
+            raise KLDivError(
+                f"{name}: expected an array on {found_name}'s device {found}, got {dev}"
+            )
     return found
+
+
+def has_float64(xp: Any, device: Any) -> bool:
+    """Whether float64 arrays can be made here (not in JAX without x64, nor on Apple's MPS)."""
+    if "mps" in str(device):
+        return False
+    if getattr(xp, "__name__", "") == "jax.numpy":
+        import jax
+
+        return bool(jax.config.jax_enable_x64)
+    return True
 
 
 def _device(x: Any) -> Any:
@@ -193,7 +206,7 @@ def broadcast_shapes(named: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
         a = (1,) * (ndim - len(result)) + result
         b = (1,) * (ndim - len(shape)) + shape
         merged = []
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
             if x == y or y == 1:
                 merged.append(x)
             elif x == 1:
@@ -211,7 +224,9 @@ def broadcast_shapes(named: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
     return result
 
 
-def normalize_axes(axes: int | Iterable[int], ndim: int, name: str, shape: tuple) -> tuple[int, ...]:
+def normalize_axes(
+    axes: int | Iterable[int], ndim: int, name: str, shape: tuple
+) -> tuple[int, ...]:
     """Non-negative, sorted axes; out-of-range or repeated axes raise naming ``name``."""
     if isinstance(axes, bool):
         raise bad(name, "an int or a tuple of ints", f"the bool {axes!r}")
@@ -253,8 +268,10 @@ def weighted_phi(xp: Any, w: Any, log_w: Any, x: Any) -> Any:
 
     - ``|x| < 1/4``: ``w * x**2 * (1/2 + x/6 + ...)``, a series with no cancellation;
     - ``x < 1``: ``w * (expm1(x) - x)``; for ``x -> -inf`` this is ``+inf`` as it should be;
-    - ``x >= 1``: ``exp(log_w + x) * -expm1(log1p(x) - x)``, finite when ``w`` is tiny and
-      ``exp(x)`` alone would overflow.
+    - ``x >= 1``: ``w * exp(x) * -expm1(log1p(x) - x)``, with ``exp(log_w + x)`` in place of
+      ``w * exp(x)`` where ``exp(x)`` alone would overflow (``w`` tiny).
+
+    ``w`` and ``log_w`` may be Python floats.
     """
     small = xp.abs(x) < _SERIES_LIMIT
     big = x >= 1.0
@@ -262,10 +279,17 @@ def weighted_phi(xp: Any, w: Any, log_w: Any, x: Any) -> Any:
     xs = xp.where(small, x, 0.0)
     xm = xp.where(mid, x, -1.0)
     xb = xp.where(big, x, 1.0)
-    lw = xp.where(big, log_w, 0.0)
+    xf = xp.where(xb < math.inf, xb, 1.0)  # the factor below tends to 1 as x -> inf
+    info = xp.finfo(x.dtype)
+    direct = xb < math.log(float(info.max))
+    if not isinstance(log_w, float):  # a subnormal (or underflowed) w: use its logarithm
+        direct = direct & (log_w > math.log(float(info.smallest_normal)))
+    xd = xp.where(direct, xb, 1.0)
+    lw = log_w if isinstance(log_w, float) else xp.where(big & ~direct, log_w, 0.0)
     v_small = w * _phi_series(xp, xs)
     v_mid = w * (xp.expm1(xm) - xm)
-    v_big = xp.exp(lw + xb) * -xp.expm1(xp.log1p(xb) - xb)
+    scale = xp.where(direct, w * xp.exp(xd), xp.exp(lw + xp.where(direct, 1.0, xb)))
+    v_big = scale * -xp.expm1(xp.log1p(xf) - xf)
     return xp.where(small, v_small, xp.where(big, v_big, v_mid))
 
 
@@ -291,7 +315,7 @@ def log_ratio(xp: Any, x: Any, y: Any) -> Any:
     >>> import numpy as np
     >>> import array_api_compat.numpy as xp
     >>> float(log_ratio(xp, np.asarray(1.0 + 2**-40), np.asarray(1.0)))
-    9.094947017729282e-13
+    9.094947017725146e-13
     """
     near = (x >= 0.5 * y) & (x <= 2.0 * y)
     xn = xp.where(near, x, y)
@@ -304,6 +328,42 @@ def log_ratio(xp: Any, x: Any, y: Any) -> Any:
     yf = xp.where(near | ok, 1.0, y)
     v_far = xp.log(xf) - xp.log(yf)
     return xp.where(near, v_near, xp.where(ok, v_ratio, v_far))
+
+
+def log_ratio_of_square(xp: Any, s: Any, v: Any) -> Any:
+    """``log(s**2 / v)`` for positive ``s`` and ``v`` (a standard deviation against a variance).
+
+    Near equality ``s**2`` is taken exactly as ``hi + lo`` (Dekker's product), so the result
+    keeps its relative accuracy where ``log_ratio(s * s, v)`` would not; elsewhere it is
+    ``2 * log_ratio(s, sqrt(v))``.
+
+    >>> import numpy as np
+    >>> import array_api_compat.numpy as xp
+    >>> s = np.float64(1.0 + 2**-30)
+    >>> float(log_ratio_of_square(xp, s, s * s))  # s*s rounds: log(s**2 / fl(s**2)) != 0
+    8.673617363728164e-19
+    """
+    hi, lo = two_product(xp, s, s)
+    near = (hi >= 0.5 * v) & (hi <= 2.0 * v) & (xp.abs(lo) < math.inf)  # lo: NaN near overflow
+    vn = xp.where(near, v, 1.0)
+    v_near = xp.log1p(((xp.where(near, hi, 1.0) - vn) + xp.where(near, lo, 0.0)) / vn)
+    sf, vf = xp.where(near, 1.0, s), xp.where(near, 1.0, v)
+    return xp.where(near, v_near, 2.0 * log_ratio(xp, sf, xp.sqrt(vf)))
+
+
+def two_product(xp: Any, a: Any, b: Any) -> tuple[Any, Any]:
+    """``a * b = hi + lo`` exactly (Dekker, with Veltkamp's splitting for the array's dtype).
+
+    Exact unless ``a * b`` over- or underflows.
+    """
+    bits = xp.finfo(a.dtype).bits
+    splitter = 134217729.0 if bits == 64 else 4097.0  # 2**27 + 1, 2**12 + 1
+    hi = a * b
+    ca, cb = splitter * a, splitter * b
+    ah = ca - (ca - a)
+    bh = cb - (cb - b)
+    al, bl = a - ah, b - bh
+    return hi, (((ah * bh - hi) + ah * bl) + al * bh) + al * bl
 
 
 def safe_log(xp: Any, x: Any) -> Any:
@@ -320,3 +380,152 @@ def softplus(xp: Any, x: Any) -> Any:
 def torch_loaded() -> bool:
     """Whether torch has been imported by someone (kldiv never imports it on its own)."""
     return "torch" in sys.modules
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear algebra. The standard has `xp.linalg.cholesky` but no triangular solve; these helpers
+# delegate to each library's own (batched, differentiable, traceable) routine, importing it
+# lazily. Batch axes (all but the last two) broadcast between `a` and `b`.
+# ----------------------------------------------------------------------------------------------
+
+#: Batched NumPy solves with fewer columns than this use a vectorized substitution (one Python
+#: step per row); larger ones call SciPy's LAPACK routine once per matrix.
+_SUBSTITUTION_MAX_K = 64
+
+
+def cholesky(xp: Any, a: Any) -> Any:
+    """The lower Cholesky factor ``L`` (``a = L L^T``) of symmetric positive-definite ``a``.
+
+    ``a`` has shape ``(..., k, k)``. Values are not checked (that would break ``jit``): a matrix
+    that is not positive definite raises the library's own error (NumPy, PyTorch) or gives NaN
+    (JAX); ``kl(..., validate=True)`` raises a ``KLDivError`` for it instead.
+    """
+    return xp.linalg.cholesky(a)
+
+
+def tril(xp: Any, a: Any, k: int = 0) -> Any:
+    """``a`` with the entries above its ``k``-th diagonal set to 0 (``(..., n, m)`` arrays)."""
+    rows, cols = a.shape[-2], a.shape[-1]
+    dev = _device(a)
+    r = xp.arange(rows, device=dev) if dev is not None else xp.arange(rows)
+    c = xp.arange(cols, device=dev) if dev is not None else xp.arange(cols)
+    keep = (r[:, None] + k) >= c[None, :]
+    return xp.where(keep, a, xp.zeros_like(a))
+
+
+def solve_triangular(xp: Any, a: Any, b: Any, *, lower: bool = True) -> Any:
+    """The solution ``x`` of ``a @ x = b`` for triangular ``a`` of shape ``(..., k, k)``.
+
+    ``b`` has shape ``(..., k, m)`` (a matrix; add a trailing axis for a vector); the batch axes
+    of ``a`` and ``b`` broadcast. Only the ``lower`` (or upper) triangle of ``a`` is read.
+    PyTorch uses ``torch.linalg.solve_triangular``, JAX ``jax.scipy.linalg.solve_triangular``
+    (both differentiable and traceable), NumPy SciPy's LAPACK routine or, for batches of small
+    matrices, a vectorized substitution; other array-API libraries ``xp.linalg.solve`` on the
+    triangle of ``a``.
+
+    >>> import numpy as np
+    >>> import array_api_compat.numpy as xp
+    >>> solve_triangular(xp, np.array([[2.0, 0.0], [1.0, 4.0]]), np.array([[2.0], [9.0]]))
+    array([[1.],
+           [2.]])
+    """
+    lib = library_of(a)
+    if lib == "torch":
+        import torch
+
+        return torch.linalg.solve_triangular(a, b, upper=not lower)
+    if lib == "numpy" and library_of(b) == "numpy":
+        return _solve_triangular_numpy(a, b, lower)
+    # JAX reads a `b` of one dimension less than `a` as a batch of vectors: broadcast first.
+    batch = broadcast_shapes({"a": tuple(a.shape[:-2]), "b": tuple(b.shape[:-2])})
+    a = xp.broadcast_to(a, batch + tuple(a.shape[-2:]))
+    b = xp.broadcast_to(b, batch + tuple(b.shape[-2:]))
+    if lib == "jax":
+        import jax.scipy.linalg
+
+        return jax.scipy.linalg.solve_triangular(a, b, lower=lower)
+    a = tril(xp, a) if lower else xp.matrix_transpose(tril(xp, xp.matrix_transpose(a)))
+    return xp.linalg.solve(a, b)
+
+
+def _solve_triangular_numpy(a: np.ndarray, b: np.ndarray, lower: bool) -> np.ndarray:
+    import scipy.linalg
+
+    if not lower:  # J U J is lower triangular for the exchange matrix J
+        return np.flip(_solve_triangular_numpy(np.flip(a, (-2, -1)), np.flip(b, -2), True), -2)
+    dtype = np.result_type(a.dtype, b.dtype)
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    k, m = a.shape[-1], b.shape[-1]
+    if not batch:
+        return scipy.linalg.solve_triangular(a, b, lower=True, check_finite=False).astype(
+            dtype, copy=False)
+    a = np.broadcast_to(a, (*batch, k, k))
+    b = np.broadcast_to(b, (*batch, k, m))
+    x = np.empty((*batch, k, m), dtype=dtype)
+    if k < _SUBSTITUTION_MAX_K:
+        for i in range(k):  # forward substitution, vectorized over the batch and columns
+            s = b[..., i, :] - (a[..., i : i + 1, :i] @ x[..., :i, :])[..., 0, :]
+            x[..., i, :] = s / a[..., i, i, None]
+        return x
+    for idx in np.ndindex(*batch):
+        x[idx] = scipy.linalg.solve_triangular(a[idx], b[idx], lower=True, check_finite=False)
+    return x
+
+
+def stop_gradient(xp: Any, x: Any) -> Any:
+    """``x`` as a constant for automatic differentiation (PyTorch, JAX); ``x`` itself otherwise."""
+    lib = library_of(x)
+    if lib == "torch":
+        return x.detach()
+    if lib == "jax":
+        import jax
+
+        return jax.lax.stop_gradient(x)
+    return x
+
+
+#: Veltkamp's splitting constant for float64, 2**27 + 1.
+_SPLITTER = 134217729.0
+
+
+def _split(x: Any) -> tuple[Any, Any]:
+    """``x = hi + lo`` exactly, both with at most 26 significant bits (Veltkamp)."""
+    c = _SPLITTER * x
+    hi = c - (c - x)
+    return hi, x - hi
+
+
+def _two_sum(a: Any, b: Any) -> tuple[Any, Any]:
+    """``a + b = s + err`` exactly (Knuth), ``s`` the rounded sum."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def gram_residual(xp: Any, a: Any, l: Any) -> Any:
+    """``a - l @ l^T`` in float64 as if computed in twice the precision, then rounded.
+
+    The residual of a Cholesky factorization is of the order of its rounding errors, so a plain
+    float64 ``a - l @ l.T`` has no correct digits; here every product ``l_ik l_jk`` is exact
+    (Dekker's product with Veltkamp's splitting) and the sum is compensated (Ogita, Rump and
+    Oishi's Dot2). Shapes ``(..., k, k)``; ``a`` need not be symmetric. Costs ``k`` vectorized
+    steps. Entries beyond about ``1e300`` overflow in the splitting.
+
+    >>> import numpy as np
+    >>> import array_api_compat.numpy as xp
+    >>> a, l = np.array([[2.0]]), np.array([[np.sqrt(2.0)]])
+    >>> float(gram_residual(xp, a, l)[0, 0])  # 2 - fl(sqrt 2)**2; in float64 alone: -4.4e-16
+    -2.7343234630647693e-16
+    """
+    k = l.shape[-1]
+    hi, lo = _split(l)
+    s = a - xp.zeros_like(l)  # a copy in the broadcast shape
+    c = xp.zeros_like(s)
+    for t in range(k):
+        ah, al = hi[..., :, t : t + 1], lo[..., :, t : t + 1]
+        bh, bl = xp.matrix_transpose(ah), xp.matrix_transpose(al)
+        p = l[..., :, t : t + 1] * xp.matrix_transpose(l[..., :, t : t + 1])
+        e = (((ah * bh - p) + ah * bl) + al * bh) + al * bl  # p + e = l_it l_jt exactly
+        s, q = _two_sum(s, -p)
+        c = c + (q - e)
+    return s + c

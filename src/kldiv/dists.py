@@ -271,6 +271,9 @@ _REGISTERED: set[type] = set()
 def _register_pytree_if_jax_loaded(cls: type) -> None:
     if cls in _REGISTERED or "jax" not in sys.modules:
         return
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.compiler.is_compiling():
+        return  # torch.compile can't trace JAX's registry; the class is registered eagerly
     register_pytree(cls)
 
 

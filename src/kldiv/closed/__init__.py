@@ -2,4 +2,5 @@
 
 from . import bernoulli as bernoulli
 from . import categorical as categorical
+from . import mvn as mvn
 from . import normal as normal

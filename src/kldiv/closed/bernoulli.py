@@ -13,6 +13,7 @@ as ``log1p((p - q) / (1 - p))``, so that ``1 - p`` is never rounded before it is
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .._registry import register_kl
@@ -29,7 +30,11 @@ def _side_from_probs(xp: Any, p: Any) -> Side:
 
 
 def _side_from_logits(xp: Any, logits: Any) -> Side:
-    return side_from_logits(xp, xp.stack([xp.zeros_like(logits), logits], axis=-1), -1)
+    """Log-weights ``[0, logit]``; a ``+inf`` logit (p = 1) becomes ``[-inf, 0]``."""
+    sure = logits == math.inf
+    zero = xp.zeros_like(logits)
+    first = xp.where(sure, -math.inf, zero)
+    return side_from_logits(xp, xp.stack([first, xp.where(sure, zero, logits)], axis=-1), -1)
 
 
 @register_kl(Bernoulli, Bernoulli)
@@ -44,7 +49,8 @@ def kl_bernoulli_bernoulli(p: Bernoulli, q: Bernoulli) -> Any:
         zero_class = xp.log1p(xp.where(ok, (pv - qv) / den, 0.0))
         ok1 = (pv > 0.0) & (qv > 0.0)
         one_class = log_ratio(xp, xp.where(ok1, qv, 1.0), xp.where(ok1, pv, 1.0))
-        delta = xp.stack([zero_class, one_class], axis=-1)
+        hi = xp.stack([zero_class, one_class], axis=-1)
+        delta = (hi, xp.zeros_like(hi))
     else:
         sp = _side_from_probs(xp, pv) if p.param == "probs" else _side_from_logits(xp, pv)
         sq = _side_from_probs(xp, qv) if q.param == "probs" else _side_from_logits(xp, qv)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._registry import register_kl
-from .._xp import log_ratio, safe_log, weighted_phi, xp_of
+from .._xp import _two_sum, log_ratio, safe_log, weighted_phi, xp_of
 from ..dists import Categorical
 
 _NEAR = 0.5  # |x| below which the expm1-weighted sum is used instead of a difference
@@ -70,28 +70,50 @@ def side_of(xp: Any, d: Categorical, axis: int) -> Side:
     return side_from_logits(xp, d.value, axis)
 
 
-def log_weight_ratio(xp: Any, p: Side, q: Side, p_probs: Any = None, q_probs: Any = None) -> Any:
-    """``delta = log(w_q / w_p)`` where both are positive, from the inputs themselves."""
-    both = (p.hat > 0) & (q.hat > 0)
+def supports(xp: Any, p: Side, q: Side) -> tuple[Any, Any]:
+    """Where p > 0, and where both are, read from the log-weights: a probability that
+    underflows to 0 is still positive (and p > 0 = q still gives +inf)."""
+    pos = p.log_hat > -math.inf
+    return pos, pos & (q.log_hat > -math.inf)
+
+
+def log_weight_ratio(
+    xp: Any, p: Side, q: Side, p_probs: Any = None, q_probs: Any = None
+) -> tuple[Any, Any]:
+    """``delta = log(w_q / w_p)`` where both are positive, as ``hi + lo``, from the inputs.
+
+    For log-weights the difference is exact as a sum of two floats (Knuth's TwoSum), so that
+    logits differing by a constant plus a tiny perturbation keep the perturbation's digits.
+    """
+    _, both = supports(xp, p, q)
     if p_probs is not None and q_probs is not None:
         one = xp.ones_like(p_probs)
-        return log_ratio(xp, xp.where(both, q_probs, one), xp.where(both, p_probs, one))
+        hi = log_ratio(xp, xp.where(both, q_probs, one), xp.where(both, p_probs, one))
+        return hi, xp.zeros_like(hi)
     zero = xp.zeros_like(p.log_w)
-    return xp.where(both, q.log_w, zero) - xp.where(both, p.log_w, zero)
+    return _two_sum(xp.where(both, q.log_w, zero), -xp.where(both, p.log_w, zero))
 
 
-def kl_from_sides(xp: Any, p: Side, q: Side, delta: Any, axis: int) -> Any:
-    """KL(p || q) summed over ``axis`` (see the module docstring for the method)."""
-    pos = p.hat > 0
-    both = pos & (q.hat > 0)
-    delta = xp.where(both, delta, xp.where(pos, xp.full_like(p.hat, -math.inf), 0.0))
+def kl_from_sides(xp: Any, p: Side, q: Side, delta: tuple[Any, Any], axis: int) -> Any:
+    """KL(p || q) summed over ``axis`` (see the module docstring for the method).
+
+    ``delta`` is ``log(w_q / w_p)`` as an unevaluated sum ``hi + lo`` (see
+    :func:`log_weight_ratio`).
+    """
+    pos, both = supports(xp, p, q)
+    hi, lo = delta
+    hi = xp.where(both, hi, xp.where(pos, xp.full_like(p.hat, -math.inf), 0.0))
+    lo = xp.where(both, lo, 0.0)
     # Shift by delta at p's most likely class: constant offsets then cancel exactly.
     is_top = p.hat == xp.max(p.hat, axis=axis, keepdims=True)
-    ref = xp.max(xp.where(is_top, delta, -math.inf), axis=axis, keepdims=True)
-    ref = xp.where(xp.isfinite(ref), ref, xp.zeros_like(ref))
-    dprime = delta - ref
+    ref = xp.max(xp.where(is_top, hi, -math.inf), axis=axis, keepdims=True)
+    ref_ok = xp.isfinite(ref)
+    ref = xp.where(ref_ok, ref, xp.zeros_like(ref))
+    ref_lo = xp.max(xp.where(is_top & (hi == ref), lo, -math.inf), axis=axis, keepdims=True)
+    ref_lo = xp.where(ref_ok & xp.isfinite(ref_lo), ref_lo, xp.zeros_like(ref_lo))
+    dprime = (hi - ref) + (lo - ref_lo)
     # c = log(Z_q / Z_p) - ref, the exact value of which makes x = log(q_hat / p_hat).
-    c_far = ((q.m - p.m) - ref) + (q.lse - p.lse)
+    c_far = (((q.m - p.m) - ref) - ref_lo) + (q.lse - p.lse)
     near = xp.abs(c_far) < _NEAR
     c_safe = xp.where(near, c_far, xp.zeros_like(c_far))
     small = pos & (xp.abs(dprime) < _NEAR)
@@ -100,11 +122,10 @@ def kl_from_sides(xp: Any, p: Side, q: Side, delta: Any, axis: int) -> Any:
     terms = xp.where(small, p.hat * xp.expm1(d_small), w - p.hat)
     s = xp.sum(terms, axis=axis, keepdims=True)
     c = xp.where(near, xp.log1p(xp.where(near, s, xp.zeros_like(s))), c_far)
-    x = xp.where(pos, dprime - c, 0.0)
+    x = xp.where(both, dprime - c, 0.0)
     one = xp.ones_like(p.hat)
-    t = xp.where(
-        pos, weighted_phi(xp, xp.where(pos, p.hat, one), xp.where(pos, p.log_hat, 0.0), x), q.hat
-    )
+    t_both = weighted_phi(xp, xp.where(both, p.hat, one), xp.where(both, p.log_hat, 0.0), x)
+    t = xp.where(both, t_both, xp.where(pos, xp.full_like(t_both, math.inf), q.hat))
     return xp.sum(t, axis=axis)
 
 

@@ -20,7 +20,7 @@ import math
 from typing import Any
 
 from .._registry import register_kl
-from .._xp import log_ratio, phi, xp_of
+from .._xp import log_ratio, log_ratio_of_square, weighted_phi, xp_of
 from ..dists import Normal
 
 #: How each parametrization turns into log-variance (used only across parametrizations).
@@ -43,10 +43,10 @@ def log_var_ratio(xp: Any, p: Normal, q: Normal) -> Any:
         kind_p, sp = kind_q, xp.full_like(sq, _UNIT[kind_q])
     elif q.standard_ and not p.standard_:
         kind_q, sq = kind_p, xp.full_like(sp, _UNIT[kind_p])
-    if {kind_p, kind_q} == {"std", "var"}:  # compare standard deviations: one sqrt, no overflow
-        sp = sp if kind_p == "std" else xp.sqrt(sp)
-        sq = sq if kind_q == "std" else xp.sqrt(sq)
-        kind_p = kind_q = "std"
+    if (kind_p, kind_q) == ("std", "var"):
+        return log_ratio_of_square(xp, sp, sq)
+    if (kind_p, kind_q) == ("var", "std"):
+        return -log_ratio_of_square(xp, sq, sp)
     if kind_p == kind_q:
         if kind_p == "std":
             return 2.0 * log_ratio(xp, sp, sq)
@@ -65,9 +65,12 @@ def standardized_gap(xp: Any, dloc: Any, q: Normal) -> Any:
         return dloc / s
     if q.param == "var":
         return dloc / xp.sqrt(s)
-    if q.param == "log_std":
-        return dloc * xp.exp(-s)
-    return dloc * xp.exp(-0.5 * s)
+    # exp(-log sigma) is applied in two halves: it may overflow where the product doesn't.
+    # The clamp acts only where sigma_q < 1e-308**2; there the KL is infinite unless the locations
+    # are equal (0 * clamped = 0, where 0 * inf would be NaN).
+    log_max = math.log(float(xp.finfo(s.dtype).max))
+    half = xp.exp(xp.minimum((-0.5 if q.param == "log_std" else -0.25) * s, log_max))
+    return (dloc * half) * half
 
 
 @register_kl(Normal, Normal)
@@ -78,4 +81,5 @@ def kl_normal_normal(p: Normal, q: Normal) -> Any:
     z = standardized_gap(xp, p.loc - q.loc, q)
     # sigma_q = 0 (a point mass) makes the KL infinite; without this, 0/0 in z would give NaN.
     point_mass = q.scale == (-math.inf if q.param in ("log_std", "log_var") else 0.0)
-    return 0.5 * (phi(xp, d) + xp.where(point_mass, math.inf, z * z))
+    half_z2 = xp.where(point_mass, math.inf, (0.5 * z) * z)
+    return weighted_phi(xp, 0.5, -math.log(2.0), d) + half_z2  # halves: no early overflow
