@@ -120,3 +120,24 @@ def conversion_bound(param_p: str, p, param_q: str, q, axis: int = -1) -> np.nda
     pw, x = np.exp(lp_s), lq_s - lp_s
     terms = pw * np.abs(np.expm1(x)) * delta + 0.5 * pw * np.exp(x) * delta**2
     return np.where(both, terms, 0.0).sum(axis=axis)
+
+
+#: The accuracy promise: relative error by dtype; below a true KL of FLOOR, |error| <= FLOOR.
+TOL = {"float64": 1e-12, "float32": 1e-5}
+FLOOR = 1e-30
+
+
+def promise_failures(got, want, dtype: str) -> np.ndarray:
+    """Boolean mask of the elements of ``got`` that miss the promise against ``want``.
+
+    For float32, ``want`` is first rounded to float32 (the best a float32 result can be).
+    """
+    got = np.asarray(got, dtype=np.float64).ravel()
+    want = np.asarray(want, dtype=np.float64).ravel()
+    if dtype == "float32":
+        with np.errstate(over="ignore", under="ignore"):
+            want = want.astype(np.float32).astype(np.float64)
+    err = np.array([rel_err(float(g), float(w)) for g, w in zip(got, want, strict=True)])
+    with np.errstate(invalid="ignore"):
+        small = (np.abs(want) < FLOOR) & (np.abs(got - want) <= FLOOR)
+    return ~((err <= TOL[dtype]) | small)
