@@ -85,12 +85,15 @@ def common_namespace(named: Mapping[str, Any]) -> tuple[Any, str | None]:
         if lib == "bool":
             raise bad(name, "a floating-point number or array", f"the bool {value!r}")
         if lib == "unknown":
-            raise bad(name, "a NumPy, PyTorch, JAX or array-API array, or a Python number",
-                      describe(value))
+            raise bad(
+                name,
+                "a NumPy, PyTorch, JAX or array-API array, or a Python number",
+                describe(value),
+            )
         if lib is None:
             continue
         if seen and lib not in seen:
-            (other_lib, other_name), = list(seen.items())[:1]
+            ((other_lib, other_name),) = list(seen.items())[:1]
             raise KLDivError(
                 f"{name}: expected an array of the same library as {other_name} ({other_lib}), "
                 f"got a {lib} array; convert one of them first"
@@ -388,7 +391,7 @@ def torch_loaded() -> bool:
 # lazily. Batch axes (all but the last two) broadcast between `a` and `b`.
 # ----------------------------------------------------------------------------------------------
 
-#: Batched NumPy solves with fewer columns than this use a vectorized substitution (one Python
+#: Batched NumPy solves of matrices smaller than this use a vectorized substitution (one Python
 #: step per row); larger ones call SciPy's LAPACK routine once per matrix.
 _SUBSTITUTION_MAX_K = 64
 
@@ -457,8 +460,8 @@ def _solve_triangular_numpy(a: np.ndarray, b: np.ndarray, lower: bool) -> np.nda
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     k, m = a.shape[-1], b.shape[-1]
     if not batch:
-        return scipy.linalg.solve_triangular(a, b, lower=True, check_finite=False).astype(
-            dtype, copy=False)
+        x = scipy.linalg.solve_triangular(a, b, lower=True, check_finite=False)
+        return x.astype(dtype, copy=False)
     a = np.broadcast_to(a, (*batch, k, k))
     b = np.broadcast_to(b, (*batch, k, m))
     x = np.empty((*batch, k, m), dtype=dtype)
@@ -484,17 +487,6 @@ def stop_gradient(xp: Any, x: Any) -> Any:
     return x
 
 
-#: Veltkamp's splitting constant for float64, 2**27 + 1.
-_SPLITTER = 134217729.0
-
-
-def _split(x: Any) -> tuple[Any, Any]:
-    """``x = hi + lo`` exactly, both with at most 26 significant bits (Veltkamp)."""
-    c = _SPLITTER * x
-    hi = c - (c - x)
-    return hi, x - hi
-
-
 def _two_sum(a: Any, b: Any) -> tuple[Any, Any]:
     """``a + b = s + err`` exactly (Knuth), ``s`` the rounded sum."""
     s = a + b
@@ -502,30 +494,51 @@ def _two_sum(a: Any, b: Any) -> tuple[Any, Any]:
     return s, (a - (s - bb)) + (b - bb)
 
 
-def gram_residual(xp: Any, a: Any, l: Any) -> Any:
-    """``a - l @ l^T`` in float64 as if computed in twice the precision, then rounded.
+def _next_power_two(xp: Any, p: Any) -> Any:
+    """``2**ceil(log2(p))`` for ``p >= 0`` (0 for 0), by exact arithmetic (Rump et al.)."""
+    q = p * 2.0**53
+    out = xp.abs((q + p) - q)
+    return xp.where(out == 0, p, out)
+
+
+#: Slices per entry in :func:`gram_residual` (each carries 53 - rho >= 20 bits for k <= 2**13).
+_SLICES = 4
+
+
+def gram_residual(xp: Any, a: Any, low: Any) -> Any:
+    """``a - low @ low^T`` for float64 arrays, as if computed in about twice the precision.
 
     The residual of a Cholesky factorization is of the order of its rounding errors, so a plain
-    float64 ``a - l @ l.T`` has no correct digits; here every product ``l_ik l_jk`` is exact
-    (Dekker's product with Veltkamp's splitting) and the sum is compensated (Ogita, Rump and
-    Oishi's Dot2). Shapes ``(..., k, k)``; ``a`` need not be symmetric. Costs ``k`` vectorized
-    steps. Entries beyond about ``1e300`` overflow in the splitting.
+    float64 ``a - low @ low.T`` has no correct digits. Here (Ozaki's scheme) each row of ``low`` is
+    cut into slices on a fixed-point grid, ``low = X_1 + ... + X_4 + (negligible)``, so coarse
+    that every matrix product ``X_a @ X_b^T`` is exact in float64 whatever the summation order;
+    ``a`` minus those products is then summed with compensation (Knuth's two-sum). Shapes
+    ``(..., k, k)``; ``a`` need not be symmetric. Entries beyond about ``1e290`` overflow.
 
     >>> import numpy as np
     >>> import array_api_compat.numpy as xp
-    >>> a, l = np.array([[2.0]]), np.array([[np.sqrt(2.0)]])
-    >>> float(gram_residual(xp, a, l)[0, 0])  # 2 - fl(sqrt 2)**2; in float64 alone: -4.4e-16
-    -2.7343234630647693e-16
+    >>> a, low = np.array([[2.0]]), np.array([[np.sqrt(2.0)]])
+    >>> print(f"{gram_residual(xp, a, low)[0, 0]:.6e}")  # 2 - fl(sqrt 2)**2 (plain: -4.44e-16)
+    -2.734323e-16
     """
-    k = l.shape[-1]
-    hi, lo = _split(l)
-    s = a - xp.zeros_like(l)  # a copy in the broadcast shape
+    k = low.shape[-1]
+    rho = math.ceil((53 + math.log2(max(k, 1))) / 2)  # sums of k slice products stay exact
+    sigma = _next_power_two(xp, xp.max(xp.abs(low), axis=-1, keepdims=True)) * 2.0**rho
+    slices = []
+    rest = low
+    for _ in range(_SLICES):
+        x = (sigma + rest) - sigma  # rest rounded to the grid of sigma: exact, and so is rest - x
+        rest = rest - x
+        slices.append(x)
+        sigma = sigma * 2.0 ** (rho - 53)
+    t = [xp.matrix_transpose(x) for x in slices]
+    s = a - xp.zeros_like(low)  # a copy in the broadcast shape
     c = xp.zeros_like(s)
-    for t in range(k):
-        ah, al = hi[..., :, t : t + 1], lo[..., :, t : t + 1]
-        bh, bl = xp.matrix_transpose(ah), xp.matrix_transpose(al)
-        p = l[..., :, t : t + 1] * xp.matrix_transpose(l[..., :, t : t + 1])
-        e = (((ah * bh - p) + ah * bl) + al * bh) + al * bl  # p + e = l_it l_jt exactly
-        s, q = _two_sum(s, -p)
-        c = c + (q - e)
+    for order in range(_SLICES):  # the products X_i X_j^T with i + j = order, largest first
+        for i in range(order // 2 + 1):
+            prod = slices[i] @ t[order - i]
+            terms = [prod] if 2 * i == order else [prod, xp.matrix_transpose(prod)]
+            for term in terms:
+                s, err = _two_sum(s, -term)
+                c = c + err
     return s + c

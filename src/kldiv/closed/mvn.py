@@ -7,8 +7,8 @@ r"""KL divergence between multivariate normal distributions, and a diagonal Norm
       + (\mu_q - \mu_p)^\top \Sigma_q^{-1} (\mu_q - \mu_p) - k
       + \log\det\Sigma_q - \log\det\Sigma_p\Big).
 
-With lower-triangular scales :math:`\Sigma = LL^\top` and :math:`M = L_q^{-1} L_p` (a
-triangular solve, lower-triangular with :math:`M_{ii} = L_{p,ii} / L_{q,ii}`), the trace is
+With lower-triangular scales :math:`\Sigma = LL^\top` and :math:`M = L_q^{-1} L_p`
+(lower-triangular, :math:`M_{ii} = L_{p,ii} / L_{q,ii}`), the trace is
 :math:`\sum_{ij} M_{ij}^2` and the log-determinants are :math:`2\sum_i \log M_{ii}`, so
 
 .. math::
@@ -16,27 +16,28 @@ triangular solve, lower-triangular with :math:`M_{ii} = L_{p,ii} / L_{q,ii}`), t
     \mathrm{KL} = \tfrac12\Big(\sum_i \varphi(2\log M_{ii}) + \sum_{i>j} M_{ij}^2
       + \big\|L_q^{-1}(\mu_p - \mu_q)\big\|^2\Big),\qquad \varphi(d) = e^d - 1 - d \ge 0.
 
-Every term is non-negative: no cancellation, never a negative result, and ``KL(p, p)`` is 0 up
-to a few rounding errors in the (then nearly zero) off-diagonal of ``M``. :math:`\log M_{ii}`
-is :func:`kldiv._xp.log_ratio` of the two diagonals, so close scales keep their relative
-accuracy.
+Every term is non-negative: no cancellation, never a negative result, and ``KL(p, p) = 0``.
+:math:`\log M_{ii}` is :func:`kldiv._xp.log_ratio` of the two diagonals, and the off-diagonal
+of :math:`M` is taken from the difference of the two factors,
+:math:`M - I = L_q^{-1}(L_p - L_q)`, so that close distributions keep their relative accuracy.
 
 Parametrizations. A ``scale_tril`` is used as given (its upper triangle is ignored). A
-``covariance`` is turned into its Cholesky factor; a ``precision`` :math:`P` into
-:math:`L = (J\,\mathrm{chol}(JPJ)\,J)^{-\top}` with the exchange matrix :math:`J` (as
-``torch.distributions`` does), one triangular solve and no explicit inverse.
+``covariance`` is turned into its Cholesky factor :math:`L`. A ``precision`` :math:`P` is
+factored as :math:`P = K^\top K` with a lower-triangular :math:`K = L^{-1}` (the Cholesky factor
+of :math:`P` with its rows and columns reversed, transposed, as ``torch.distributions`` does),
+and used as such: :math:`L_q^{-1}x` is then the product :math:`K_q x`, and two precisions give
+:math:`M - I = (K_q - K_p)K_p^{-1}`; no inverse is ever formed.
 
-Accuracy. A factorization in float64 is exact only up to a backward error of about
-``1e-16 * |Sigma|``, which moves the KL by up to ``1e-16`` times the condition number (relative):
-``1e-10`` at condition ``1e6``. So for float64 input (``k <= 64``) the residual
-:math:`\Sigma - \hat L\hat L^\top` is computed in doubled precision
-(:func:`kldiv._xp.gram_residual`) and the KL corrected to first order in it (see
-:func:`kl_scale_tril`); measured against mpmath on the exact inputs, the relative error is then
-about ``1e-14`` at condition ``1e6``. float32 inputs are factorized and solved in float64 and
-the result rounded back to float32 (a float32 Cholesky of a covariance with condition number
-``1e6`` has no correct digits left in its small directions). JAX without ``jax_enable_x64`` and
-PyTorch on MPS have no float64 and stay in float32. Half precision arrives here already as
-float32 (see :func:`kldiv.kl`).
+Accuracy. A float64 factorization is exact only up to a backward error of about
+``1e-16 * |Sigma|``, which moves the KL by up to ``1e-16`` times the condition number of the
+matrix (relative): ``1e-10`` at condition ``1e6``. So for float64 input with ``k <= 64`` the
+factorization's residual is computed in doubled precision (:func:`kldiv._xp.gram_residual`)
+and the KL corrected to first order in it (see :func:`kl_scales`); against mpmath on the exact
+inputs, the relative error is then about ``1e-14`` at condition ``1e6``. float32 inputs are
+factored and solved in float64 and the result rounded back to float32 (a float32 Cholesky of a
+covariance with condition number ``1e6`` has no correct digits left in its small directions);
+JAX without ``jax_enable_x64`` and PyTorch on MPS have no float64 and stay in float32. Half
+precision arrives here already as float32 (see :func:`kldiv.kl`).
 
 A matrix that is not positive definite raises the library's own error in the Cholesky
 factorization (NumPy, PyTorch) or gives NaN (JAX): values are not checked inside the math;
@@ -45,6 +46,7 @@ factorization (NumPy, PyTorch) or gives NaN (JAX): values are not checked inside
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .._registry import register_kl
@@ -52,7 +54,7 @@ from .._xp import (
     _device,
     cholesky,
     gram_residual,
-    library_of,
+    has_float64,
     log_ratio,
     phi,
     solve_triangular,
@@ -62,27 +64,30 @@ from .._xp import (
 )
 from ..dists import MultivariateNormal, Normal
 
-#: Matrices up to this size get the doubled-precision residual correction (``k`` vectorized
-#: steps per factorization); larger ones keep the plain float64 factorization.
+#: Matrices up to this size get the doubled-precision residual correction (a few ``k x k``
+#: matrix products per factorization); larger ones keep the plain float64 factorization.
 REFINE_MAX_K = 64
 
 
-def _float64_usable(xp: Any, x: Any) -> bool:
-    """Whether float64 arrays can be made for ``x``'s library and device."""
-    lib = library_of(x)
-    if lib == "torch":
-        return x.device.type != "mps"
-    if lib == "jax":
-        import jax
+@dataclass(frozen=True)
+class Scale:
+    r"""One side's covariance as a triangular factor.
 
-        return jax.dtypes.canonicalize_dtype(xp.float64) == xp.float64
-    return hasattr(xp, "float64")
+    ``tri`` is lower-triangular: the scale :math:`L` (:math:`\Sigma = LL^\top`) or, where
+    ``inverse``, :math:`K = L^{-1}` (:math:`\Sigma^{-1} = K^\top K`). ``s``, where not ``None``,
+    makes it exact: :math:`\Sigma = L(I + S)L^\top` for the covariance the input stands for,
+    to first order in the (tiny) :math:`S`.
+    """
+
+    tri: Any
+    inverse: bool = False
+    s: Any = None
 
 
 def _widen(xp: Any, *arrays: Any) -> tuple[list[Any], Any]:
     """The arrays in the working dtype (float64 for float32 input) and the dtype to return."""
     dtype = arrays[0].dtype
-    if dtype == xp.float32 and _float64_usable(xp, arrays[0]):
+    if dtype == xp.float32 and has_float64(xp, _device(arrays[0])):
         return [xp.astype(a, xp.float64) for a in arrays], dtype
     return list(arrays), dtype
 
@@ -103,48 +108,49 @@ def _eye(xp: Any, k: int, like: Any) -> Any:
     return xp.eye(k, dtype=like.dtype, device=dev)
 
 
-def factor(xp: Any, param: str, matrix: Any, *, refine: bool = False) -> tuple[Any, Any]:
-    r"""``(L, S)``: the lower-triangular scale of a ``MultivariateNormal`` and its correction.
+def _t(xp: Any, a: Any) -> Any:
+    return xp.matrix_transpose(a)
 
-    ``param`` is ``"scale_tril"``, ``"covariance"`` or ``"precision"``. With ``refine``, ``S``
-    is :math:`\hat L^{-1}(\Sigma - \hat L\hat L^\top)\hat L^{-\top}`, so that
-    :math:`\Sigma = \hat L(I + S)\hat L^\top` for the exact covariance of the input, with the
-    residual computed in doubled precision; it carries no gradient (it is rounding error).
-    ``S`` is ``None`` for a ``scale_tril`` (exact as given) and without ``refine``.
 
-    A precision :math:`P` with :math:`JPJ = L_f L_f^\top` (Cholesky with rows and columns
-    reversed) is :math:`UU^\top` for the upper-triangular :math:`U = JL_fJ`, so
-    :math:`L = U^{-\top}`; there :math:`S = -\hat L^\top R_P \hat L` to first order in the
-    residual :math:`R_P = P - \hat U\hat U^\top`.
+def factor(xp: Any, param: str, matrix: Any, *, refine: bool = False) -> Scale:
+    r"""The :class:`Scale` of a ``MultivariateNormal`` given by ``param`` and ``matrix``.
+
+    ``param`` is ``"scale_tril"``, ``"covariance"`` or ``"precision"``. With ``refine``, the
+    residual of the Cholesky factorization is computed in doubled precision and turned into the
+    correction ``s``: :math:`S = L^{-1}(\Sigma - LL^\top)L^{-\top}` for a covariance, and
+    :math:`S = -K^{-\top}(P - K^\top K)K^{-1}` for a precision. It carries no gradient (it is
+    rounding error). A ``scale_tril`` is exact as given.
 
     >>> import numpy as np
     >>> import array_api_compat.numpy as xp
     >>> P = np.array([[2.0, 1.0], [1.0, 3.0]])
-    >>> L, S = factor(xp, "precision", P)
-    >>> bool(L[0, 1] == 0.0 and np.allclose(L @ L.T, np.linalg.inv(P))), S
-    (True, None)
+    >>> f = factor(xp, "precision", P)
+    >>> f.inverse, bool(f.tri[0, 1] == 0.0 and np.allclose(f.tri.T @ f.tri, P))
+    (True, True)
     """
     if param == "scale_tril":
-        return tril(xp, matrix), None
+        return Scale(tril(xp, matrix))
     if param == "covariance":
-        l = cholesky(xp, matrix)
+        chol = cholesky(xp, matrix)
         if not refine:
-            return l, None
-        r = stop_gradient(xp, gram_residual(xp, matrix, l))
-        x = solve_triangular(xp, l, r, lower=True)  # L^-1 R
-        return l, xp.matrix_transpose(solve_triangular(xp, l, xp.matrix_transpose(x)))
+            return Scale(chol)
+        r = gram_residual(xp, stop_gradient(xp, matrix), stop_gradient(xp, chol))
+        x = solve_triangular(xp, chol, r, lower=True)  # L^-1 R
+        return Scale(chol, False, _t(xp, solve_triangular(xp, chol, _t(xp, x), lower=True)))
     flipped = xp.flip(matrix, axis=(-2, -1))
-    l_f = cholesky(xp, flipped)
-    l_inv = xp.matrix_transpose(xp.flip(l_f, axis=(-2, -1)))  # U^T: lower, the inverse of L
-    l = solve_triangular(xp, l_inv, _eye(xp, matrix.shape[-1], matrix), lower=True)
+    chol_f = cholesky(xp, flipped)  # J P J = L_f L_f^T, so P = K^T K with K = (J L_f J)^T
+    k_tri = _t(xp, xp.flip(chol_f, axis=(-2, -1)))
     if not refine:
-        return l, None
-    r_p = stop_gradient(xp, xp.flip(gram_residual(xp, flipped, l_f), axis=(-2, -1)))
-    return l, -(xp.matrix_transpose(l) @ r_p @ l)
+        return Scale(k_tri, True)
+    r_f = gram_residual(xp, stop_gradient(xp, flipped), stop_gradient(xp, chol_f))
+    r_p = xp.flip(r_f, axis=(-2, -1))  # P - K^T K
+    upper = _t(xp, k_tri)
+    y = solve_triangular(xp, upper, r_p, lower=False)  # K^-T R_P
+    return Scale(k_tri, True, -_t(xp, solve_triangular(xp, upper, _t(xp, y), lower=False)))
 
 
-def diag_scale_tril(xp: Any, normal: Normal, k: int) -> Any:
-    """A ``Normal`` over its last axis (size ``k`` or 1, or none) as a diagonal scale matrix."""
+def diag_scale(xp: Any, normal: Normal, k: int) -> Scale:
+    """A ``Normal`` over its last axis (size ``k`` or 1, or none) as a diagonal :class:`Scale`."""
     s = normal.scale
     if normal.param == "var":
         s = xp.sqrt(s)
@@ -153,47 +159,64 @@ def diag_scale_tril(xp: Any, normal: Normal, k: int) -> Any:
     elif normal.param == "log_var":
         s = xp.exp(0.5 * s)
     eye = _eye(xp, k, s) != 0
-    return xp.where(eye, s[..., None], xp.zeros_like(s[..., None]))
+    return Scale(xp.where(eye, s[..., None], xp.zeros_like(s[..., None])))
 
 
-def kl_scale_tril(
-    xp: Any, dloc: Any, l_p: Any, l_q: Any, s_p: Any = None, s_q: Any = None
-) -> Any:
-    r"""KL(p || q) from ``dloc`` :math:`= \mu_p - \mu_q` and lower-triangular scales.
+def _diag(xp: Any, a: Any) -> Any:
+    return xp.abs(xp.linalg.diagonal(a))
 
-    ``dloc`` has shape ``(..., k)``, ``l_p`` and ``l_q`` ``(..., k, k)``; batch axes broadcast
-    and the event axis is summed (see the module docstring for the formula). Only the lower
-    triangles of ``l_p`` and ``l_q`` are read, and the signs of their diagonals don't matter.
 
-    ``s_p`` and ``s_q`` (from :func:`factor`, optional) describe the exact covariances
-    :math:`\Sigma = L(I + S)L^\top`; the result then adds the first-order correction
+def kl_scales(xp: Any, dloc: Any, p: Scale, q: Scale) -> Any:
+    r"""KL(p || q) from ``dloc`` :math:`= \mu_p - \mu_q` and the two sides' :class:`Scale`.
+
+    ``dloc`` has shape ``(..., k)``, the triangular factors ``(..., k, k)``; batch axes
+    broadcast and the event axis is summed (see the module docstring for the formula). Only the
+    lower triangles of the factors are read, and the signs of their diagonals don't matter.
+
+    Where a side carries a correction :math:`S`, the result adds the first-order term
     :math:`\tfrac12\big(\langle M^\top M - I, S_p\rangle
     - \langle MM^\top + zz^\top - I, S_q\rangle\big)` with :math:`z = L_q^{-1}(\mu_p - \mu_q)`
     (and is kept non-negative).
 
     >>> import numpy as np
     >>> import array_api_compat.numpy as xp
-    >>> l_p, l_q = np.eye(2), np.sqrt(2.0) * np.eye(2)
-    >>> round(float(kl_scale_tril(xp, np.array([-1.0, -1.0]), l_p, l_q)), 6)  # log 2
+    >>> p, q = Scale(np.eye(2)), Scale(np.sqrt(2.0) * np.eye(2))
+    >>> round(float(kl_scales(xp, np.array([-1.0, -1.0]), p, q)), 6)  # log 2
     0.693147
     """
-    m = tril(xp, solve_triangular(xp, l_q, tril(xp, l_p), lower=True))
-    z = solve_triangular(xp, l_q, dloc[..., None], lower=True)  # (..., k, 1)
-    d_p = xp.abs(xp.linalg.diagonal(l_p))
-    d_q = xp.abs(xp.linalg.diagonal(l_q))
-    diag_terms = xp.sum(phi(xp, 2.0 * log_ratio(xp, d_p, d_q)), axis=-1)
-    below = tril(xp, m, -1)
+    a, b = p.tri, q.tri
+    z = dloc[..., None]
+    z = b @ z if q.inverse else solve_triangular(xp, b, z, lower=True)  # L_q^-1 (mu_p - mu_q)
+    if not p.inverse and not q.inverse:  # M - I = L_q^-1 (L_p - L_q)
+        delta = solve_triangular(xp, b, tril(xp, a) - tril(xp, b), lower=True)
+        log_m = log_ratio(xp, _diag(xp, a), _diag(xp, b))
+    elif p.inverse and q.inverse:  # M = K_q K_p^-1, M - I = (K_q - K_p) K_p^-1
+        diff = tril(xp, b) - tril(xp, a)
+        delta = _t(xp, solve_triangular(xp, _t(xp, a), _t(xp, diff), lower=False))
+        log_m = log_ratio(xp, _diag(xp, b), _diag(xp, a))
+    elif q.inverse:  # M = K_q L_p
+        m = tril(xp, b) @ tril(xp, a)
+        delta = m - _eye(xp, m.shape[-1], m)
+        log_m = log_ratio(xp, _diag(xp, a) * _diag(xp, b), xp.ones_like(_diag(xp, a)))
+    else:  # M = L_q^-1 K_p^-1 = (K_p L_q)^-1
+        kp_lq = tril(xp, a) @ tril(xp, b)
+        eye = _eye(xp, kp_lq.shape[-1], kp_lq)
+        delta = solve_triangular(xp, kp_lq, eye, lower=True) - eye
+        d = _diag(xp, a) * _diag(xp, b)
+        log_m = log_ratio(xp, xp.ones_like(d), d)
+    delta = tril(xp, delta)
+    below = tril(xp, delta, -1)
+    diag_terms = xp.sum(phi(xp, 2.0 * log_m), axis=-1)
     kl = 0.5 * (diag_terms + xp.sum(below * below, axis=(-2, -1)) + xp.sum(z * z, axis=(-2, -1)))
-    if s_p is None and s_q is None:
+    if p.s is None and q.s is None:
         return kl
-    eye = _eye(xp, m.shape[-1], m)
-    mt = xp.matrix_transpose(m)
+    delta_t = _t(xp, delta)
     corr = xp.zeros_like(kl)
-    if s_p is not None:
-        corr = corr + xp.sum((mt @ m - eye) * s_p, axis=(-2, -1))
-    if s_q is not None:
-        g_q = m @ mt + z @ xp.matrix_transpose(z) - eye
-        corr = corr - xp.sum(g_q * s_q, axis=(-2, -1))
+    if p.s is not None:  # M^T M - I
+        corr = corr + xp.sum((delta_t @ delta + delta + delta_t) * p.s, axis=(-2, -1))
+    if q.s is not None:  # M M^T + z z^T - I
+        g_q = delta @ delta_t + delta + delta_t + z @ _t(xp, z)
+        corr = corr - xp.sum(g_q * q.s, axis=(-2, -1))
     return xp.maximum(kl + 0.5 * corr, xp.zeros_like(kl))
 
 
@@ -212,9 +235,9 @@ def kl_mvn_mvn(p: MultivariateNormal, q: MultivariateNormal) -> Any:
     xp = xp_of(p.loc)
     (loc_p, mat_p, loc_q, mat_q), dtype = _widen(xp, p.loc, p.matrix, q.loc, q.matrix)
     refine = _refine(xp, dtype, mat_p)
-    l_p, s_p = factor(xp, p.param, mat_p, refine=refine)
-    l_q, s_q = factor(xp, q.param, mat_q, refine=refine)
-    return _narrow(xp, kl_scale_tril(xp, loc_p - loc_q, l_p, l_q, s_p, s_q), dtype)
+    sp = factor(xp, p.param, mat_p, refine=refine)
+    sq = factor(xp, q.param, mat_q, refine=refine)
+    return _narrow(xp, kl_scales(xp, loc_p - loc_q, sp, sq), dtype)
 
 
 @register_kl(Normal, MultivariateNormal)
@@ -230,9 +253,9 @@ def kl_normal_mvn(p: Normal, q: MultivariateNormal) -> Any:
     """
     xp = xp_of(q.loc)
     (loc_p, scale_p, loc_q, mat_q), dtype = _widen(xp, p.loc, p.scale, q.loc, q.matrix)
-    l_p = diag_scale_tril(xp, p._replace(**{p.param: scale_p}), mat_q.shape[-1])
-    l_q, s_q = factor(xp, q.param, mat_q, refine=_refine(xp, dtype, mat_q))
-    return _narrow(xp, kl_scale_tril(xp, loc_p - loc_q, l_p, l_q, None, s_q), dtype)
+    sp = diag_scale(xp, p._replace(**{p.param: scale_p}), mat_q.shape[-1])
+    sq = factor(xp, q.param, mat_q, refine=_refine(xp, dtype, mat_q))
+    return _narrow(xp, kl_scales(xp, loc_p - loc_q, sp, sq), dtype)
 
 
 @register_kl(MultivariateNormal, Normal)
@@ -248,6 +271,6 @@ def kl_mvn_normal(p: MultivariateNormal, q: Normal) -> Any:
     """
     xp = xp_of(p.loc)
     (loc_p, mat_p, loc_q, scale_q), dtype = _widen(xp, p.loc, p.matrix, q.loc, q.scale)
-    l_p, s_p = factor(xp, p.param, mat_p, refine=_refine(xp, dtype, mat_p))
-    l_q = diag_scale_tril(xp, q._replace(**{q.param: scale_q}), mat_p.shape[-1])
-    return _narrow(xp, kl_scale_tril(xp, loc_p - loc_q, l_p, l_q, s_p, None), dtype)
+    sp = factor(xp, p.param, mat_p, refine=_refine(xp, dtype, mat_p))
+    sq = diag_scale(xp, q._replace(**{q.param: scale_q}), mat_p.shape[-1])
+    return _narrow(xp, kl_scales(xp, loc_p - loc_q, sp, sq), dtype)
