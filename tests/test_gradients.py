@@ -343,3 +343,32 @@ def test_jax_bernoulli_zero_one_finite_gradients():
         [qv_prob(v) - qv_prob(u) for u, v in zip(la.tolist(), lb.tolist(), strict=True)],
         "d/d q-logit",
     )
+
+
+def test_hessian_at_equality_is_the_fisher_information():
+    """At p = q the Hessian of KL in p's parameters is the Fisher information (a natural-gradient
+    use); a `where` on a zero mean gap, say, would silently zero it."""
+    torch = pytest.importorskip("torch")
+    from torch.autograd.functional import hessian
+
+    f64 = torch.float64
+
+    def t(x):
+        return torch.tensor(x, dtype=f64)
+
+    def h(fn, x):
+        return hessian(fn, t(x)).item()
+
+    assert h(lambda m: kldiv.kl(Normal(m, std=t(2.0)), Normal(t(0.5), std=t(2.0))), 0.5) == (
+        pytest.approx(1 / 4, rel=1e-14)
+    )
+    assert h(
+        lambda ls: kldiv.kl(Normal(t(0.0), log_std=ls), Normal(t(0.0), log_std=t(0.3))), 0.3
+    ) == pytest.approx(2.0, rel=1e-14)
+    assert h(
+        lambda s: kldiv.kl(Normal(t(0.0), var=s), Normal(t(0.0), var=t(1.5))), 1.5
+    ) == pytest.approx(1 / (2 * 1.5**2), rel=1e-14)
+    a = t([0.1, 0.5, -0.3])
+    hc = hessian(lambda b: kldiv.kl(Categorical(logits=a), Categorical(logits=b)), a.clone())
+    p = torch.softmax(a, 0)
+    torch.testing.assert_close(hc, torch.diag(p) - torch.outer(p, p), rtol=1e-13, atol=1e-15)
