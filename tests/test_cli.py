@@ -412,7 +412,7 @@ def test_help_and_version(capsys) -> None:
         ("Normal(0, std=1, var=1)", "Normal.standard()", [], "exactly one scale keyword"),
         ("Normal(0, std=1)", "Categorical(probs=[1])", [], "no formula for p: Normal and q: Cat"),
         ("Categorical(probs=[0.5, 0.5])", "Categorical(probs=[1, 0, 0])", [], "broadcasts"),
-        ("Normal(0, std=1)", "Normal.standard()", ["--normalizer", "2"], "normalizer: expected"),
+        ("Normal(0, std=1)", "Normal.standard()", ["--normalizer", "0"], "normalizer: expected"),
         ("Normal(0, std=[1])", "Normal.standard()", ["--event-axis", "x"], "--event-axis"),
         ("Normal(0, std=[1])", "Normal.standard()", ["--event-axis", "3"], "event_axis:"),
         ("Normal(0, std=[1])", "Normal.standard()", ["--mask", "@nope.npy"], "--mask: file"),

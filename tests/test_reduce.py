@@ -74,6 +74,12 @@ def test_normalizer_overrides_divisor(xp, vae, reduction):
     np.testing.assert_allclose(xp.np(got), terms.sum() / 17, rtol=1e-13)
 
 
+def test_normalizer_overrides_none_too(vae):
+    mu, lv, terms = vae
+    got = kldiv.kl(Normal(mu, log_var=lv), Normal.standard(), normalizer=8.0)
+    assert got == pytest.approx(terms.sum() / 8.0, rel=1e-13)
+
+
 def test_normalizer_may_be_an_array(xp, vae):
     mu, lv, terms = vae
     got = xp.call(

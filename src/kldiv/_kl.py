@@ -22,6 +22,11 @@ def _named_arrays(p: Any, q: Any) -> dict[str, Any]:
 def _prepare(p: Distribution, q: Distribution, mask: Any, normalizer: Any):
     """Check libraries, devices, dtypes and shapes; convert every parameter to one dtype."""
     params = _named_arrays(p, q)
+    if isinstance(mask, (bool, int, float)):  # a Python constant mask: weak, like a number
+        mask = [mask]
+        mask_is_scalar = True
+    else:
+        mask_is_scalar = False
     others = {"mask": mask} if mask is not None else {}
     if normalizer is not None and _xp.library_of(normalizer) is not None:
         others["normalizer"] = normalizer
@@ -50,6 +55,8 @@ def _prepare(p: Distribution, q: Distribution, mask: Any, normalizer: Any):
     in_shape = _xp.broadcast_shapes(shapes)
     if mask is not None and _xp.library_of(mask) is None:
         mask = xp.asarray(mask) if device is None else xp.asarray(mask, device=device)
+        if mask_is_scalar:
+            mask = xp.reshape(mask, ())
         others["mask"] = mask
     return xp, lib, p2, q2, in_shape, out, compute, mask
 

@@ -16,7 +16,7 @@ Reductions of the per-distribution values ``v`` with mask ``m`` (1 where counted
 ``"sum"``     ``sum(m * v)``
 ``"mean"``    ``sum(m * v) / sum(m)``; 0 (with zero gradients) if all are masked
 ``"batchmean"`` ``sum(m * v) / v.shape[0]``
-normalizer    ``sum(m * v) / normalizer``, overriding the divisor of any of the above
+normalizer    ``sum(m * v) / normalizer``, overriding any of the above (also ``"none"``)
 ============  =========================================================
 """
 
@@ -38,11 +38,6 @@ def check_reduction(reduction: Any, normalizer: Any) -> None:
         )
     if normalizer is None:
         return
-    if reduction == "none":
-        raise KLDivError(
-            "normalizer: expected no normalizer with reduction='none' (a normalizer "
-            "divides a total); got " + describe(normalizer)
-        )
     if isinstance(normalizer, bool):
         raise bad("normalizer", "a positive number or a 0-d array", describe(normalizer))
     if isinstance(normalizer, (int, float)):
@@ -137,11 +132,11 @@ def reduce(
         if reduction == "mean" and normalizer is None:
             full = xp.broadcast_to(mask, per_shape)
             count = xp.sum(xp.astype(full, values.dtype))
+    if normalizer is not None:  # overrides every reduction, "none" included
+        return xp.sum(values) / normalizer
     if reduction == "none":
         return values
     total = xp.sum(values)
-    if normalizer is not None:
-        return total / normalizer
     if reduction == "sum":
         return total
     if reduction == "batchmean":

@@ -69,6 +69,17 @@ def check_values(d: Any, name: str) -> None:
                 )
         elif field in ("logits", "log_probs"):
             _first_bad(label, arr, arr == np.inf, "a number below +inf")
+            if isinstance(d, Categorical) and field == "log_probs":
+                m = arr.max(axis=d.axis, keepdims=True)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    total = np.exp(arr - m).sum(axis=d.axis) * np.exp(m.squeeze(d.axis))
+                tol = 1e-6 if str(value.dtype).endswith("float64") else 1e-3
+                _first_bad(
+                    f"sum of exp({label}) along axis {d.axis}",
+                    total,
+                    ~(np.abs(total - 1) <= tol),
+                    f"1 (within {tol:g})",
+                )
             if isinstance(d, Categorical):
                 top = arr.max(axis=d.axis)
                 _first_bad(

@@ -16,6 +16,7 @@ The numerically delicate primitives live here, once:
 from __future__ import annotations
 
 import math
+import operator
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -160,6 +161,8 @@ def device_of(named: Mapping[str, Any]) -> Any:
         if library_of(value) is None:
             continue
         dev = _device(value)
+        if dev is None:  # a JAX tracer has no device of its own
+            continue
         if found is None:
             found, found_name = dev, name
         elif dev != found:
@@ -233,11 +236,18 @@ def normalize_axes(
     """Non-negative, sorted axes; out-of-range or repeated axes raise naming ``name``."""
     if isinstance(axes, bool):
         raise bad(name, "an int or a tuple of ints", f"the bool {axes!r}")
-    items = (axes,) if isinstance(axes, int) else tuple(axes)
+    if isinstance(axes, (list, tuple)):
+        items = tuple(axes)
+    else:
+        items = (axes,)
     out = []
     for a in items:
-        if isinstance(a, bool) or not isinstance(a, int):
-            raise bad(name, "an int or a tuple of ints", describe(a))
+        try:
+            if isinstance(a, bool):
+                raise TypeError
+            a = operator.index(a)  # ints and NumPy integers; not floats
+        except TypeError:
+            raise bad(name, "an int or a tuple of ints", describe(a)) from None
         if not -ndim <= a < ndim:
             raise bad(name, f"an axis in [-{ndim}, {ndim}) for inputs of shape {shape}", str(a))
         a = a % ndim
@@ -264,17 +274,19 @@ def _phi_series(xp: Any, x: Any) -> Any:
     return acc * x * x
 
 
-def weighted_phi(xp: Any, w: Any, log_w: Any, x: Any) -> Any:
+def weighted_phi(xp: Any, w: Any, log_w: Any, x: Any, log_wexp: Any = None) -> Any:
     """``w * phi(x)`` with ``phi(x) = exp(x) - 1 - x >= 0``, accurate and overflow-free.
 
     ``w`` must be positive and ``log_w`` its logarithm. Three regimes:
 
     - ``|x| < 1/4``: ``w * x**2 * (1/2 + x/6 + ...)``, a series with no cancellation;
     - ``x < 1``: ``w * (expm1(x) - x)``; for ``x -> -inf`` this is ``+inf`` as it should be;
-    - ``x >= 1``: ``w * exp(x) * -expm1(log1p(x) - x)``, with ``exp(log_w + x)`` in place of
+    - ``x >= 1``: ``w * exp(x) * (1 - exp(log1p(x) - x))``, with ``exp(log_w + x)`` in place of
       ``w * exp(x)`` where ``exp(x)`` alone would overflow (``w`` tiny).
 
-    ``w`` and ``log_w`` may be Python floats.
+    ``w`` and ``log_w`` may be Python floats. Where the caller knows ``log(w * exp(x))`` more
+    accurately than ``log_w + x`` (a categorical's ``log q``), ``log_wexp`` gives it: the
+    large-``x`` branch then uses it alone, which also keeps its gradient free of cancellation.
     """
     small = xp.abs(x) < _SERIES_LIMIT
     big = x >= 1.0
@@ -291,8 +303,13 @@ def weighted_phi(xp: Any, w: Any, log_w: Any, x: Any) -> Any:
     lw = log_w if isinstance(log_w, float) else xp.where(big & ~direct, log_w, 0.0)
     v_small = w * _phi_series(xp, xs)
     v_mid = w * (xp.expm1(xm) - xm)
-    scale = xp.where(direct, w * xp.exp(xd), xp.exp(lw + xp.where(direct, 1.0, xb)))
-    v_big = scale * -xp.expm1(xp.log1p(xf) - xf)
+    if log_wexp is not None:
+        scale = xp.exp(xp.where(big, log_wexp, 0.0))
+    else:
+        scale = xp.where(direct, w * xp.exp(xd), xp.exp(lw + xp.where(direct, 1.0, xb)))
+    # 1 - exp(u), not -expm1(u): u <= log 2 - 1 here, so no digits are lost, and frameworks
+    # differentiate expm1 through its output (expm1(u) + 1), which is 0 in float32 for u < -17.
+    v_big = scale * (1.0 - xp.exp(xp.log1p(xf) - xf))
     return xp.where(small, v_small, xp.where(big, v_big, v_mid))
 
 
@@ -321,16 +338,18 @@ def log_ratio(xp: Any, x: Any, y: Any) -> Any:
     9.094947017725146e-13
     """
     near = (x >= 0.5 * y) & (x <= 2.0 * y)
-    xn = xp.where(near, x, y)
-    v_near = xp.log1p((xn - y) / y)
-    r = x / y
-    tiny = xp.finfo(r.dtype).smallest_normal
-    ok = ~near & (r >= tiny) & (r < math.inf)
-    v_ratio = xp.log(xp.where(ok, r, 1.0))
-    xf = xp.where(near | ok, 1.0, x)
-    yf = xp.where(near | ok, 1.0, y)
-    v_far = xp.log(xf) - xp.log(yf)
-    return xp.where(near, v_near, xp.where(ok, v_ratio, v_far))
+    xn, yn = xp.where(near, x, 1.0), xp.where(near, y, 1.0)
+    v_near = xp.log1p((xn - yn) / yn)
+    xf, yf = xp.where(near, 1.0, x), xp.where(near, 1.0, y)
+    v_logs = xp.log(xf) - xp.log(yf)
+    # log(x / y) rounds once where log(x) - log(y) rounds twice, so it gives the value; but
+    # frameworks differentiate x / y through (x / y) / y, which overflows for tiny y, so the
+    # gradient comes from the difference of logs (the two differ by a constant correction).
+    r = xf / yf
+    ok = (r >= xp.finfo(r.dtype).smallest_normal) & (r < math.inf)
+    correction = xp.where(ok, xp.log(xp.where(ok, r, 1.0)) - v_logs, 0.0)
+    v_far = v_logs + stop_gradient(xp, correction)
+    return xp.where(near, v_near, v_far)
 
 
 def log_ratio_of_square(xp: Any, s: Any, v: Any) -> Any:

@@ -233,6 +233,11 @@ class Categorical(Distribution):
 
     def _event_axis(self, ndim: int) -> int | None:
         own = len(getattr(self.value, "shape", (0,)))
+        if own == 0:
+            raise KLDivError(
+                f"{self.param}: expected an array with a class axis, got a 0-d "
+                "array (a single number is not a distribution over classes)"
+            )
         if not -own <= self.axis < own:
             raise KLDivError(
                 f"axis: expected an axis in [-{own}, {own}) for {self.param} of "

@@ -8,7 +8,8 @@ r"""KL divergence between two Bernoulli distributions, through the categorical c
 computed as a two-class :mod:`kldiv.closed.categorical` KL (same guarantees: never negative,
 ``+inf`` where ``p > 0 = q``, finite gradients at 0 and 1). From ``logits`` the classes are
 ``[0, logit]``; from ``probs`` they are ``[1 - p, p]`` with the log-ratio of the zero class taken
-as ``log1p((p - q) / (1 - p))``, so that ``1 - p`` is never rounded before it is compared.
+as ``log1p((p - q) / (1 - p))`` near equality (``p - q`` is exact, so ``1 - p`` is never rounded
+before it is compared) and as the log-ratio of ``1 - q`` and ``1 - p`` elsewhere.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def kl_bernoulli_bernoulli(p: Bernoulli, q: Bernoulli) -> Any:
         sp, sq = _side_from_probs(xp, pv), _side_from_probs(xp, qv)
         ok = (pv < 1.0) & (qv < 1.0)
         den = xp.where(ok, 1.0 - pv, 1.0)
-        zero_class = xp.log1p(xp.where(ok, (pv - qv) / den, 0.0))
+        r = xp.where(ok, (pv - qv) / den, 0.0)  # (1 - q) / (1 - p) - 1, exact numerator
+        near = xp.abs(r) < 0.5
+        far = log_ratio(xp, xp.where(ok & ~near, 1.0 - qv, 1.0), xp.where(ok & ~near, den, 1.0))
+        zero_class = xp.where(near, xp.log1p(xp.where(near, r, 0.0)), far)
         ok1 = (pv > 0.0) & (qv > 0.0)
         one_class = log_ratio(xp, xp.where(ok1, qv, 1.0), xp.where(ok1, pv, 1.0))
         hi = xp.stack([zero_class, one_class], axis=-1)

@@ -124,7 +124,13 @@ def kl_from_sides(xp: Any, p: Side, q: Side, delta: tuple[Any, Any], axis: int) 
     c = xp.where(near, xp.log1p(xp.where(near, s, xp.zeros_like(s))), c_far)
     x = xp.where(both, dprime - c, 0.0)
     one = xp.ones_like(p.hat)
-    t_both = weighted_phi(xp, xp.where(both, p.hat, one), xp.where(both, p.log_hat, 0.0), x)
+    t_both = weighted_phi(
+        xp,
+        xp.where(both, p.hat, one),
+        xp.where(both, p.log_hat, 0.0),
+        x,
+        log_wexp=xp.where(both, q.log_hat, 0.0),  # p * exp(x) = q, known better directly
+    )
     t = xp.where(both, t_both, xp.where(pos, xp.full_like(t_both, math.inf), q.hat))
     return xp.sum(t, axis=axis)
 

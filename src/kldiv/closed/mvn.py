@@ -217,7 +217,10 @@ def kl_scales(xp: Any, dloc: Any, p: Scale, q: Scale) -> Any:
     if q.s is not None:  # M M^T + z z^T - I
         g_q = delta @ delta_t + delta + delta_t + z @ _t(xp, z)
         corr = corr - xp.sum(g_q * q.s, axis=(-2, -1))
-    return xp.maximum(kl + 0.5 * corr, xp.zeros_like(kl))
+    value = kl + 0.5 * corr
+    # where, not maximum: at p = q the value is exactly 0 and maximum's tie would halve the
+    # Hessian (the Fisher information)
+    return xp.where(value < 0, xp.zeros_like(value), value)
 
 
 @register_kl(MultivariateNormal, MultivariateNormal)

@@ -69,7 +69,8 @@ def standardized_gap(xp: Any, dloc: Any, q: Normal) -> Any:
     # The clamp acts only where sigma_q < 1e-308**2; there the KL is infinite unless the locations
     # are equal (0 * clamped = 0, where 0 * inf would be NaN).
     log_max = math.log(float(xp.finfo(s.dtype).max))
-    half = xp.exp(xp.minimum((-0.5 if q.param == "log_std" else -0.25) * s, log_max))
+    e = (-0.5 if q.param == "log_std" else -0.25) * s
+    half = xp.exp(xp.where(e < log_max, e, log_max))
     return (dloc * half) * half
 
 
