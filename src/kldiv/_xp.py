@@ -394,16 +394,6 @@ def safe_log(xp: Any, x: Any) -> Any:
     return xp.where(pos, xp.log(xp.where(pos, x, 1.0)), -math.inf)
 
 
-def softplus(xp: Any, x: Any) -> Any:
-    """``log(1 + exp(x))`` without overflow."""
-    return xp.maximum(x, 0.0) + xp.log1p(xp.exp(-xp.abs(x)))
-
-
-def torch_loaded() -> bool:
-    """Whether torch has been imported by someone (kldiv never imports it on its own)."""
-    return "torch" in sys.modules
-
-
 # ----------------------------------------------------------------------------------------------
 # Linear algebra. The standard has `xp.linalg.cholesky` but no triangular solve; these helpers
 # delegate to each library's own (batched, differentiable, traceable) routine, importing it
