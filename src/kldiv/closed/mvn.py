@@ -63,6 +63,7 @@ from .._xp import (
     xp_of,
 )
 from ..dists import MultivariateNormal, Normal
+from .normal import std_of
 
 #: Matrices up to this size get the doubled-precision residual correction (a few ``k x k``
 #: matrix products per factorization); larger ones keep the plain float64 factorization.
@@ -149,15 +150,9 @@ def factor(xp: Any, param: str, matrix: Any, *, refine: bool = False) -> Scale:
     return Scale(k_tri, True, -_t(xp, solve_triangular(xp, upper, _t(xp, y), lower=False)))
 
 
-def diag_scale(xp: Any, normal: Normal, k: int) -> Scale:
-    """A ``Normal`` over its last axis (size ``k`` or 1, or none) as a diagonal :class:`Scale`."""
-    s = normal.scale
-    if normal.param == "var":
-        s = xp.sqrt(s)
-    elif normal.param == "log_std":
-        s = xp.exp(s)
-    elif normal.param == "log_var":
-        s = xp.exp(0.5 * s)
+def diag_scale(xp: Any, param: str, scale: Any, k: int) -> Scale:
+    """A ``Normal``'s scale over its last axis (size ``k`` or 1) as a diagonal :class:`Scale`."""
+    s = std_of(xp, param, scale)
     eye = _eye(xp, k, s) != 0
     return Scale(xp.where(eye, s[..., None], xp.zeros_like(s[..., None])))
 
@@ -223,6 +218,27 @@ def kl_scales(xp: Any, dloc: Any, p: Scale, q: Scale) -> Any:
     return xp.where(value < 0, xp.zeros_like(value), value)
 
 
+def _kl_gaussians(p: MultivariateNormal | Normal, q: MultivariateNormal | Normal) -> Any:
+    """The three registered pairs: each side becomes a :class:`Scale` (a factored matrix, or a
+    diagonal Normal over the last axis), in the working dtype, then :func:`kl_scales`."""
+    mvn = p if isinstance(p, MultivariateNormal) else q
+    xp = xp_of(mvn.loc)
+    k = mvn.matrix.shape[-1]
+
+    def param_array(d: MultivariateNormal | Normal) -> Any:
+        return d.matrix if isinstance(d, MultivariateNormal) else d.scale
+
+    (loc_p, arr_p, loc_q, arr_q), dtype = _widen(xp, p.loc, param_array(p), q.loc, param_array(q))
+    refine = _refine(xp, dtype, mvn.matrix)
+
+    def scale(d: MultivariateNormal | Normal, arr: Any) -> Scale:
+        if isinstance(d, MultivariateNormal):
+            return factor(xp, d.param, arr, refine=refine)
+        return diag_scale(xp, d.param, arr, k)
+
+    return _narrow(xp, kl_scales(xp, loc_p - loc_q, scale(p, arr_p), scale(q, arr_q)), dtype)
+
+
 @register_kl(MultivariateNormal, MultivariateNormal)
 def kl_mvn_mvn(p: MultivariateNormal, q: MultivariateNormal) -> Any:
     """KL(p || q) for two ``MultivariateNormal`` specs, one value per batch element.
@@ -235,12 +251,7 @@ def kl_mvn_mvn(p: MultivariateNormal, q: MultivariateNormal) -> Any:
     >>> round(float(kldiv.kl(p, q)), 6)  # 1/2 (1 + 1 - 2 + log 4)
     0.693147
     """
-    xp = xp_of(p.loc)
-    (loc_p, mat_p, loc_q, mat_q), dtype = _widen(xp, p.loc, p.matrix, q.loc, q.matrix)
-    refine = _refine(xp, dtype, mat_p)
-    sp = factor(xp, p.param, mat_p, refine=refine)
-    sq = factor(xp, q.param, mat_q, refine=refine)
-    return _narrow(xp, kl_scales(xp, loc_p - loc_q, sp, sq), dtype)
+    return _kl_gaussians(p, q)
 
 
 @register_kl(Normal, MultivariateNormal)
@@ -254,11 +265,7 @@ def kl_normal_mvn(p: Normal, q: MultivariateNormal) -> Any:
     >>> float(kldiv.kl(Normal.standard(), q, event_axis=-1))
     0.0
     """
-    xp = xp_of(q.loc)
-    (loc_p, scale_p, loc_q, mat_q), dtype = _widen(xp, p.loc, p.scale, q.loc, q.matrix)
-    sp = diag_scale(xp, p._replace(**{p.param: scale_p}), mat_q.shape[-1])
-    sq = factor(xp, q.param, mat_q, refine=_refine(xp, dtype, mat_q))
-    return _narrow(xp, kl_scales(xp, loc_p - loc_q, sp, sq), dtype)
+    return _kl_gaussians(p, q)
 
 
 @register_kl(MultivariateNormal, Normal)
@@ -272,8 +279,4 @@ def kl_mvn_normal(p: MultivariateNormal, q: Normal) -> Any:
     >>> round(float(kldiv.kl(p, Normal(np.ones(2), var=2.0), event_axis=-1)), 6)
     0.693147
     """
-    xp = xp_of(p.loc)
-    (loc_p, mat_p, loc_q, scale_q), dtype = _widen(xp, p.loc, p.matrix, q.loc, q.scale)
-    sp = factor(xp, p.param, mat_p, refine=_refine(xp, dtype, mat_p))
-    sq = diag_scale(xp, q._replace(**{q.param: scale_q}), mat_p.shape[-1])
-    return _narrow(xp, kl_scales(xp, loc_p - loc_q, sp, sq), dtype)
+    return _kl_gaussians(p, q)

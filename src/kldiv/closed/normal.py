@@ -35,6 +35,17 @@ _TO_LOG_VAR = {
 _UNIT = {"std": 1.0, "var": 1.0, "log_std": 0.0, "log_var": 0.0}
 
 
+def std_of(xp: Any, param: str, scale: Any) -> Any:
+    """The standard deviation from a scale given as ``param`` (std, var, log_std or log_var)."""
+    if param == "var":
+        return xp.sqrt(scale)
+    if param == "log_std":
+        return xp.exp(scale)
+    if param == "log_var":
+        return xp.exp(0.5 * scale)
+    return scale
+
+
 def log_var_ratio(xp: Any, p: Normal, q: Normal) -> Any:
     """``log(var_p / var_q)``, as accurate as the two parametrizations allow."""
     kind_p, kind_q = p.param, q.param
