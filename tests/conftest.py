@@ -8,10 +8,18 @@ after checking that it is an array of the backend's own library.
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Deterministic property tests in CI (the same examples every run); set
+# HYPOTHESIS_PROFILE=explore locally to search new random examples.
+settings.register_profile("deterministic", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 BACKENDS = ["numpy", "array_api_strict", "torch", "jax"]
 

@@ -69,20 +69,31 @@ def log_var_ratio(xp: Any, p: Normal, q: Normal) -> Any:
     return _TO_LOG_VAR[kind_p](xp, sp) - _TO_LOG_VAR[kind_q](xp, sq)
 
 
-def standardized_gap(xp: Any, dloc: Any, q: Normal) -> Any:
-    """``(mu_p - mu_q) / sigma_q`` without forming ``sigma_q**2`` (no early overflow)."""
+def standardized_gap(xp: Any, x: Any, q: Normal) -> Any:
+    """``(x - mu_q) / sigma_q`` without forming ``sigma_q**2`` (no early overflow).
+
+    Where ``x - mu_q`` overflows, the difference is taken after scaling each term; elsewhere the
+    difference comes first (exact for nearby values).
+    """
+    diff = x - q.loc
+    scaled = _divide_by_sigma(xp, diff, q)
+    overflowed = xp.abs(diff) == math.inf
+    return xp.where(overflowed, _divide_by_sigma(xp, x, q) - _divide_by_sigma(xp, q.loc, q), scaled)
+
+
+def _divide_by_sigma(xp: Any, v: Any, q: Normal) -> Any:
     s = q.scale
     if q.param == "std":
-        return dloc / s
+        return v / s
     if q.param == "var":
-        return dloc / xp.sqrt(s)
+        return v / xp.sqrt(s)
     # exp(-log sigma) is applied in two halves: it may overflow where the product doesn't.
     # The clamp acts only where sigma_q < 1e-308**2; there the KL is infinite unless the locations
     # are equal (0 * clamped = 0, where 0 * inf would be NaN).
     log_max = math.log(float(xp.finfo(s.dtype).max))
     e = (-0.5 if q.param == "log_std" else -0.25) * s
     half = xp.exp(xp.where(e < log_max, e, log_max))
-    return (dloc * half) * half
+    return (v * half) * half
 
 
 @register_kl(Normal, Normal)
@@ -90,7 +101,7 @@ def kl_normal_normal(p: Normal, q: Normal) -> Any:
     """KL(p || q) for two ``Normal`` specs, elementwise (see the module docstring)."""
     xp = xp_of(p.loc)
     d = log_var_ratio(xp, p, q)
-    z = standardized_gap(xp, p.loc - q.loc, q)
+    z = standardized_gap(xp, p.loc, q)
     # sigma_q = 0 (a point mass) makes the KL infinite; without this, 0/0 in z would give NaN.
     point_mass = q.scale == (-math.inf if q.param in ("log_std", "log_var") else 0.0)
     half_z2 = xp.where(point_mass, math.inf, (0.5 * z) * z)
