@@ -365,7 +365,7 @@ def test_examples_json(capsys) -> None:
         (["kl", "Normal(0, std=1)", "Normal(0, std=1)", "Normal(0, std=1)"], "unrecognized"),
         (["kl", "Normal(0, std=1)", "Normal(0, std=1)", "--reduction", "avg"], "invalid choice"),
         ([], "required"),
-        (["estimate"], "invalid choice"),
+        (["estimate"], "required"),
     ],
 )
 def test_usage_errors(capsys, argv: list[str], phrase: str) -> None:

@@ -18,6 +18,13 @@ from .dists import MultivariateNormal as MultivariateNormal
 from .dists import Normal as Normal
 from .errors import KLDivError as KLDivError
 
+# estimators: kldiv.mc (Monte Carlo) and kldiv.samples (from two sets of samples)
+# isort: split
+from . import mc as mc
+from . import samples as samples
+from .samples import from_counts as from_counts
+from .samples import from_samples as from_samples
+
 __version__ = "0.1.0"
 
 if "jax" in _sys.modules:  # otherwise each spec class registers itself on first use

@@ -457,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_kl_parser(subparsers)
+    # Further subcommands live beside the code they drive and import it only when run.
+    from ._estimate_cli import add_estimate_parser
+
+    add_estimate_parser(subparsers)
     return parser
 
 
