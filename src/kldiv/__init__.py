@@ -18,10 +18,13 @@ from .dists import MultivariateNormal as MultivariateNormal
 from .dists import Normal as Normal
 from .errors import KLDivError as KLDivError
 
-# estimators: kldiv.mc (Monte Carlo) and kldiv.samples (from two sets of samples)
+# estimators (kldiv.mc, kldiv.samples) and the auditor; kldiv.audit is a callable module:
+# kldiv.audit(fn, kind) runs kldiv.audit.audit
 # isort: split
+from . import audit as audit
 from . import mc as mc
 from . import samples as samples
+from .audit import AuditReport as AuditReport
 from .samples import from_counts as from_counts
 from .samples import from_samples as from_samples
 

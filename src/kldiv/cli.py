@@ -459,7 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kl_parser(subparsers)
     # Further subcommands live beside the code they drive and import it only when run.
     from ._estimate_cli import add_estimate_parser
+    from .audit.cli import add_audit_parser
 
+    add_audit_parser(subparsers)
     add_estimate_parser(subparsers)
     return parser
 

@@ -1,0 +1,276 @@
+"""Calling the user's function safely: backends, timeouts, mutation checks, gradients.
+
+The auditor builds every probe in NumPy float64, hands the function native arrays of the
+chosen backend (a fresh copy for each call), and reads the result back as NumPy float64.
+Nothing but the user's own function is run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+BACKENDS = ("numpy", "torch", "jax")
+
+
+class AuditTimeout(Exception):
+    """The function did not return within the per-call time limit."""
+
+
+@dataclass
+class Backend:
+    """How to hand arrays to the function and read its result back."""
+
+    name: str
+    dtype_name: str  # the float dtype the probes are made in
+
+    def native(self, x: np.ndarray, *, requires_grad: bool = False) -> Any:
+        """A fresh native array holding ``x`` (NumPy float64 in, backend dtype out)."""
+        if self.name == "numpy":
+            return np.array(x, dtype=self.dtype_name)
+        if self.name == "torch":
+            import torch
+
+            t = torch.tensor(np.asarray(x), dtype=getattr(torch, self.dtype_name))
+            return t.requires_grad_(True) if requires_grad else t
+        import jax.numpy as jnp
+
+        return jnp.asarray(np.asarray(x, dtype=self.dtype_name))
+
+    def round(self, x: np.ndarray) -> np.ndarray:
+        """``x`` rounded to the backend dtype and back: the numbers the function really sees."""
+        return np.asarray(np.asarray(x, dtype=self.dtype_name), dtype=np.float64)
+
+    def to_numpy(self, y: Any) -> np.ndarray:
+        """The function's result as NumPy float64, or raise TypeError for non-arrays."""
+        if isinstance(y, (bool, np.bool_)):
+            raise TypeError(f"a {type(y).__name__}")
+        if isinstance(y, (int, float, np.number)):
+            return np.asarray(float(y))
+        if isinstance(y, np.ndarray):
+            return np.asarray(y, dtype=np.float64)
+        mod = type(y).__module__.split(".")[0]
+        if mod == "torch":
+            return y.detach().cpu().to(dtype=_torch_float64()).numpy()
+        if mod in ("jax", "jaxlib"):
+            return np.asarray(y, dtype=np.float64)
+        raise TypeError(f"a {type(y).__module__}.{type(y).__name__}")
+
+    def output_dtype(self, y: Any) -> str:
+        dtype = getattr(y, "dtype", None)
+        return str(dtype).replace("torch.", "") if dtype is not None else "float64"
+
+
+def _torch_float64() -> Any:
+    import torch
+
+    return torch.float64
+
+
+def make_backend(name: str) -> Backend:
+    """The backend ``name``; JAX probes are float32 unless x64 mode is on."""
+    if name == "jax":
+        import jax
+
+        x64 = bool(jax.config.read("jax_enable_x64"))
+        return Backend("jax", "float64" if x64 else "float32")
+    if name == "torch":
+        import torch  # noqa: F401  (fails early if torch is absent)
+    return Backend(name, "float64")
+
+
+def preferred_backends(fn: Callable[..., Any]) -> list[str]:
+    """Backends to try: those the function's code names first, then numpy, torch, jax."""
+    names = _code_names(fn)
+    order = []
+    if names & {"torch", "F", "nn"}:
+        order.append("torch")
+    if names & {"jax", "jnp", "jaxlib"}:
+        order.append("jax")
+    for other in ("numpy", "torch", "jax"):
+        if other not in order:
+            order.append(other)
+    return [n for n in order if n == "numpy" or n in sys.modules or _importable(n)]
+
+
+def _code_names(fn: Callable[..., Any]) -> set[str]:
+    """Global names used by the function's code and the code objects nested in it."""
+    fn = inspect.unwrap(fn) if callable(fn) else fn
+    code = getattr(fn, "__code__", None)
+    if code is None:  # a callable object: look at its __call__
+        code = getattr(vars(type(fn)).get("__call__"), "__code__", None)
+    names: set[str] = set()
+    stack = [code] if code is not None else []
+    while stack:
+        c = stack.pop()
+        names.update(c.co_names)
+        names.update(c.co_freevars)
+        stack.extend(k for k in c.co_consts if inspect.iscode(k))
+    values = dict(getattr(fn, "__globals__", {}) or {})
+    closure = getattr(fn, "__closure__", None) or ()
+    freevars = code.co_freevars if code is not None else ()
+    for name, cell in zip(freevars, closure, strict=False):
+        try:
+            values[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            pass
+    for n in list(names):
+        value = values.get(n)
+        if inspect.ismodule(value):
+            names.add(value.__name__.split(".")[0])
+        elif value is not None and getattr(value, "__module__", None):
+            names.add(str(value.__module__).split(".")[0])
+    return names
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+@dataclass
+class Call:
+    """One call of the function on one probe."""
+
+    output: np.ndarray | None = None
+    dtype: str = "float64"
+    error: str | None = None
+    mutated: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Caller:
+    """Calls ``fn`` on NumPy probes through a backend, with a time limit per call."""
+
+    def __init__(self, fn: Callable[..., Any], backend: Backend, *, timeout: float = 5.0):
+        self.fn = fn
+        self.backend = backend
+        self.timeout = timeout
+        self.calls = 0
+        self.mutated: set[str] = set()
+        self.warnings: dict[str, None] = {}  # the distinct warnings the function raised
+
+    def __call__(self, args: Mapping[str, np.ndarray], *, keywords: bool = False) -> Call:
+        natives = {k: self.backend.native(v) for k, v in args.items()}
+        before = {k: self.backend.to_numpy(v).copy() for k, v in natives.items()}
+        result: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                if keywords:
+                    result["y"] = self.fn(**natives)
+                else:
+                    result["y"] = self.fn(*natives.values())
+            except BaseException as exc:  # the user's code may raise anything
+                result["exc"] = exc
+
+        start = time.perf_counter()
+        with self.capture_warnings():
+            thread = threading.Thread(target=target, daemon=True)
+            thread.start()
+            thread.join(self.timeout)
+        seconds = time.perf_counter() - start
+        self.calls += 1
+        if thread.is_alive():
+            raise AuditTimeout(f"no result after {self.timeout:g} s")
+        call = Call(seconds=seconds)
+        for k, v in natives.items():
+            after = self.backend.to_numpy(v)
+            if not np.array_equal(after, before[k], equal_nan=True):
+                call.mutated.append(k)
+                self.mutated.add(k)
+        if "exc" in result:
+            exc = result["exc"]
+            call.error = f"{type(exc).__name__}: {exc}".strip()
+            return call
+        try:
+            call.output = self.backend.to_numpy(result["y"])
+            call.dtype = self.backend.output_dtype(result["y"])
+        except TypeError as exc:
+            call.error = f"returned {exc}, not an array or a number"
+        return call
+
+    @contextlib.contextmanager
+    def capture_warnings(self) -> Iterator[None]:
+        """Record the function's warnings for the report instead of letting them escape."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for w in caught:
+            self.warnings.setdefault(f"{w.category.__name__}: {w.message}", None)
+
+    def gradients(
+        self,
+        args: Mapping[str, np.ndarray],
+        weights: np.ndarray,
+        *,
+        keywords: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """d(sum(weights * fn(args)))/d(args) by the backend's autograd (torch or jax)."""
+        with self.capture_warnings():
+            return self._gradients(args, weights, keywords=keywords)
+
+    def _gradients(
+        self, args: Mapping[str, np.ndarray], weights: np.ndarray, *, keywords: bool
+    ) -> dict[str, np.ndarray]:
+        if self.backend.name == "torch":
+            import torch
+
+            leaves = {k: self.backend.native(v, requires_grad=True) for k, v in args.items()}
+            y = self.fn(**leaves) if keywords else self.fn(*leaves.values())
+            w = torch.tensor(weights, dtype=y.dtype).reshape(y.shape)
+            grads = torch.autograd.grad((w * y).sum(), list(leaves.values()), allow_unused=True)
+            return {
+                k: (np.zeros_like(args[k]) if g is None else g.detach().double().numpy())
+                for k, g in zip(leaves, grads, strict=True)
+            }
+        if self.backend.name == "jax":
+            import jax
+            import jax.numpy as jnp
+
+            names = list(args)
+            natives = [self.backend.native(args[k]) for k in names]
+
+            def loss(*xs: Any) -> Any:
+                y = self.fn(**dict(zip(names, xs, strict=True))) if keywords else self.fn(*xs)
+                return jnp.sum(jnp.asarray(weights, dtype=y.dtype).reshape(y.shape) * y)
+
+            grads = jax.grad(loss, argnums=tuple(range(len(names))))(*natives)
+            return {k: np.asarray(g, dtype=np.float64) for k, g in zip(names, grads, strict=True)}
+        raise NotImplementedError("no autograd on NumPy")
+
+
+def parameter_names(fn: Callable[..., Any]) -> list[str] | None:
+    """The function's positional parameter names, or None if it has no inspectable signature."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    return [
+        p.name
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+def required_names(fn: Callable[..., Any]) -> list[str] | None:
+    """Parameters without defaults (positional or keyword)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    return [
+        p.name
+        for p in sig.parameters.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]

@@ -1,0 +1,187 @@
+"""Deciding what a function's outputs are, given the exact values of candidate hypotheses.
+
+A *probe* is one call: inputs whose axes carry symbols (``B`` batch, ``D`` latent size, ``C``
+classes, ``T`` sequence length), an optional mask, and the function's output. A *hypothesis*
+gives, for each probe, an array of *elements* over the input axes (per-element KL values, or
+per-class KL terms) whose sum is the exact answer. The fit asks: is the output, for every
+probe, ``k / N`` times the elements summed over the axes the output lacks, with one constant
+``k`` and ``N`` a product of the symbols (the valid count ``M`` of a mask included)? Probe
+shapes are chosen so that different ``N`` cannot imitate one another.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+
+@dataclass
+class Probe:
+    """One call's inputs (as symbols and a mask) and output."""
+
+    axes: tuple[str, ...]  # symbol of each input axis
+    sizes: dict[str, int]  # symbol -> size; ``M`` is the number of valid mask positions
+    output: np.ndarray
+    tol: float  # relative tolerance from the output dtype
+    mask: np.ndarray | None = None  # broadcastable to the input shape, True where valid
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.sizes[s] for s in self.axes)
+
+
+def tolerance(dtype: str) -> float:
+    """Relative agreement asked of a function computing in ``dtype``."""
+    if "16" in dtype:
+        return 2e-2
+    if "32" in dtype:
+        return 5e-4
+    return 1e-5  # float64: room for the epsilons real code adds (log(p + 1e-8))
+
+
+def kept_axes(out_shape: tuple[int, ...], in_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Input axes the output kept (size-1 output axes ignored), or None if it matches none."""
+    dims = [n for n in out_shape if n != 1]
+    kept = []
+    for n in dims:
+        hits = [i for i, m in enumerate(in_shape) if m == n and i not in kept]
+        if len(hits) != 1:
+            return None
+        kept.append(hits[0])
+    return tuple(kept)
+
+
+@dataclass
+class Fit:
+    """How well one hypothesis explains the outputs."""
+
+    kept: tuple[str, ...]  # symbols of the axes the output keeps, in output order
+    denominator: tuple[str, ...]  # symbols whose product divides (``k / N``)
+    k: float
+    error: float  # worst relative residual over all probes
+    ok: bool
+
+    @property
+    def factor(self) -> str:
+        return format_factor(self.k, self.denominator)
+
+
+def _reduce_elements(probe: Probe, elements: np.ndarray, kept: tuple[int, ...]) -> np.ndarray:
+    e = np.broadcast_to(elements, probe.shape)
+    if probe.mask is not None:
+        e = np.where(np.broadcast_to(probe.mask, probe.shape), e, 0.0)
+    reduced = tuple(i for i in range(len(probe.shape)) if i not in kept)
+    s = e.sum(axis=reduced)
+    remaining = sorted(kept)
+    # ``s`` has the kept axes in input order; put them in output order
+    return np.transpose(s, [remaining.index(a) for a in kept]) if kept else s
+
+
+def _valid_kept(probe: Probe, kept: tuple[int, ...]) -> np.ndarray | None:
+    if probe.mask is None or not kept:
+        return None
+    m = np.broadcast_to(probe.mask, probe.shape)
+    reduced = tuple(i for i in range(len(probe.shape)) if i not in kept)
+    valid = m.any(axis=reduced)
+    remaining = sorted(kept)
+    return np.transpose(valid, [remaining.index(a) for a in kept])
+
+
+def denominators(symbols: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every product of distinct symbols, smallest first (the empty product is 1)."""
+    out: list[tuple[str, ...]] = []
+    for r in range(len(symbols) + 1):
+        out.extend(itertools.combinations(symbols, r))
+    return out
+
+
+def fit(probes: Sequence[Probe], elements: Sequence[np.ndarray]) -> Fit | None:
+    """The best ``k / N`` explanation of the outputs by the elements, or None if impossible.
+
+    ``ok`` says whether it explains them within the probes' tolerance.
+    """
+    kept_syms: tuple[str, ...] | None = None
+    ratios, worst_in_probe = [], 0.0
+    for probe, e in zip(probes, elements, strict=True):
+        y = np.asarray(probe.output, dtype=np.float64)
+        kept = kept_axes(y.shape, probe.shape)
+        if kept is None:
+            return None
+        syms = tuple(probe.axes[i] for i in kept)
+        if kept_syms is None:
+            kept_syms = syms
+        elif syms != kept_syms:
+            return None
+        s = _reduce_elements(probe, e, kept)
+        y = y.reshape(s.shape)
+        valid = _valid_kept(probe, kept)
+        if valid is not None:
+            y, s = y[valid], s[valid]
+        if not np.all(np.isfinite(y)) or not np.all(np.isfinite(s)):
+            return None
+        ss = float(np.sum(s * s))
+        if ss == 0.0:
+            return None
+        r = float(np.sum(y * s) / ss)
+        scale = max(float(np.max(np.abs(r * s))), 1e-300)
+        worst_in_probe = max(worst_in_probe, float(np.max(np.abs(y - r * s))) / scale)
+        ratios.append(r)
+    assert kept_syms is not None
+    symbols = [s for s in dict.fromkeys(sym for p in probes for sym in p.sizes)]
+    best: Fit | None = None
+    for den in denominators(symbols):
+        values = np.array(
+            [r * math.prod(p.sizes[s] for s in den) for r, p in zip(ratios, probes, strict=True)]
+        )
+        k = float(np.median(values))
+        if k == 0.0 or not np.isfinite(k):
+            continue
+        spread = float(np.max(np.abs(values - k))) / abs(k)
+        error = max(spread, worst_in_probe)
+        if best is None or error < best.error * 0.5:  # a bigger N must fit clearly better
+            best = Fit(kept_syms, den, k, error, False)
+    if best is None:
+        return None
+    tol = max(p.tol for p in probes)
+    best.ok = best.error <= tol
+    if best.ok:
+        best.k = snap(best.k, tol)
+    return best
+
+
+def snap(k: float, tol: float) -> float:
+    """``k`` as a simple fraction when it is one within ``tol``."""
+    frac = Fraction(k).limit_denominator(64)
+    if abs(float(frac) - k) <= 4 * tol * abs(k):
+        return float(frac)
+    return k
+
+
+def format_factor(k: float, denominator: Sequence[str]) -> str:
+    """A Python expression in the shape symbols: ``"1"``, ``"1/D"``, ``"1/(2*B*D)"``, ``"4"``.
+
+    >>> format_factor(0.5, ("B", "D"))
+    '1/(2*B*D)'
+    >>> format_factor(4.0, ())
+    '4'
+    """
+    frac = Fraction(k).limit_denominator(64)
+    exact = float(frac) == k
+    num = str(frac.numerator) if exact else f"{k:.6g}"
+    den_parts = ([str(frac.denominator)] if exact and frac.denominator != 1 else []) + list(
+        denominator
+    )
+    if not den_parts:
+        return num
+    den = den_parts[0] if len(den_parts) == 1 else "(" + "*".join(den_parts) + ")"
+    return f"{num}/{den}"
+
+
+def factor_value(factor: str, sizes: dict[str, int]) -> float:
+    """Evaluate a factor expression at given sizes (``M`` included where it appears)."""
+    return float(eval(factor, {"__builtins__": {}}, dict(sizes)))  # our own strings only

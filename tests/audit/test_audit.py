@@ -1,0 +1,316 @@
+"""The auditor on functions written for these tests: verdicts, readings, problems, the CLI.
+
+Every expected answer below is derived by hand from the function's formula. The broader,
+independently written corpus is in ``test_corpus.py``.
+"""
+
+import json
+import math
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import kldiv
+from kldiv.audit import KINDS, audit
+from kldiv.audit._fit import factor_value, format_factor
+from kldiv.audit.gallery import ENTRIES, run_gallery
+from kldiv.cli import main
+
+
+# --- the gallery: each seed's variants, verdicts derived by hand ------------------------------
+def test_gallery_verdicts_are_the_hand_derived_ones():
+    results = run_gallery()
+    assert len(results) == len(ENTRIES) >= 16
+    wrong = [(e.label, r.verdict, e.expected) for e, r in results if r.verdict != e.expected]
+    assert wrong == []
+
+
+def test_gallery_readings():
+    by_label = {e.label: r for e, r in run_gallery()}
+    assert by_label["g: log σ, σ"].params == {"sigma": "var"}  # seed 003: g reads a variance
+    assert by_label["f: 2 log σ, σ²"].params == {"sigma": "std"}
+    assert by_label["mean over batch and latent"].factor == "1/D"
+    assert by_label["kl_div 'batchmean'"].factor == "1/C"  # classes on axis 0: size(0) is C
+    assert by_label["kl_div 'batchmean'"].class_axis == 0
+    assert by_label["Keras KL per row"].reduction == "none"
+    vits = by_label["VITS kl_loss"]
+    assert (vits.direction, vits.reduction) == ("q||p", "mean")
+    assert vits.params == {"logs_q": "log_std", "logs_p": "log_std"}
+    assert by_label["VITS with abs()"].bias > 0
+
+
+def test_gallery_command_under_a_minute():
+    start = time.perf_counter()
+    assert main(["audit", "--gallery"]) == 0
+    assert time.perf_counter() - start < 60
+
+
+# --- normal kinds ----------------------------------------------------------------------------
+def vae_log_var(mu, log_var):
+    return -0.5 * np.sum(1 + log_var - mu**2 - np.exp(log_var), axis=-1)
+
+
+def vae_log_std_as_log_var(mu, log_std):  # log σ where log σ² belongs
+    return -0.5 * np.sum(1 + log_std - mu**2 - np.exp(log_std) ** 2, axis=-1)
+
+
+def gaussian_pair_reversed(mu1, s1, mu2, s2):  # KL(N2 || N1) with standard deviations
+    return np.sum(np.log(s1 / s2) + (s2**2 + (mu2 - mu1) ** 2) / (2 * s1**2) - 0.5)
+
+
+@pytest.mark.parametrize(
+    ("fn", "kind", "verdict", "params", "direction", "reduction", "factor"),
+    [
+        (vae_log_var, "normal-standard", "exact", {"log_var": "log_var"}, None, "none", "1"),
+        (vae_log_std_as_log_var, "normal-standard", "not-kl", {}, None, None, None),
+        (
+            gaussian_pair_reversed,
+            "normal",
+            "exact",
+            {"s1": "std", "s2": "std"},
+            "b||a",
+            "sum",
+            "1",
+        ),
+    ],
+)
+def test_normal_kinds(fn, kind, verdict, params, direction, reduction, factor):
+    r = audit(fn, kind)
+    assert (r.verdict, r.params, r.direction, r.reduction, r.factor) == (
+        verdict,
+        params,
+        direction,
+        reduction,
+        factor,
+    )
+
+
+def test_equivalent_call_computes_the_same_number():
+    rng = np.random.default_rng(3)
+    mu, lv = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    r = audit(vae_log_var, "normal-standard")
+    value = eval(r.equivalent, {"kldiv": kldiv, "mu": mu, "log_var": lv})
+    np.testing.assert_allclose(value, vae_log_var(mu, lv), rtol=1e-12)
+
+
+# --- categorical -------------------------------------------------------------------------------
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def kl_probs_mean_over_classes(p, q):
+    return np.mean(p * np.log(p / q))
+
+
+def symmetric(p, q):
+    return np.sum(p * np.log(p / q) + q * np.log(q / p), axis=-1).mean()
+
+
+def distill_t3(student, teacher):
+    t = 3.0
+    ps, pt = softmax(student / t), softmax(teacher / t)
+    return np.sum(pt * (np.log(pt) - np.log(ps))) / student.shape[0] * t * t
+
+
+def test_categorical_mean_over_every_element():
+    r = audit(kl_probs_mean_over_classes, "categorical")
+    assert (r.verdict, r.reduction, r.factor, r.direction) == (
+        "exact-scaled",
+        "mean",
+        "1/C",
+        "a||b",
+    )
+    assert r.params == {"p": "probs", "q": "probs"}
+
+
+def test_categorical_symmetric_is_not_kl():
+    r = audit(symmetric, "categorical")
+    assert r.verdict == "not-kl"
+    assert "symmetric" in r.closest
+
+
+def test_temperature_and_hinton_factor_are_found():
+    r = audit(distill_t3, "categorical")
+    assert (r.verdict, r.direction, r.reduction) == ("exact-scaled", "b||a", "mean")
+    assert r.temperature == pytest.approx(3.0)
+    assert factor_value(r.factor, {}) == pytest.approx(9.0)
+    assert any("Hinton" in n for n in r.notes)
+
+
+# --- problems, failures -------------------------------------------------------------------------
+def test_inplace_mutation_is_reported():
+    torch = pytest.importorskip("torch")
+
+    def kl_inplace(mu, logvar):
+        return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp_())
+
+    r = audit(kl_inplace, "normal-standard")
+    assert any(p.code == "mutates-input" and "logvar" in p.message for p in r.problems)
+
+
+def test_wrong_gradient_is_reported():
+    torch = pytest.importorskip("torch")
+
+    def detached(mu, log_var):  # right value, no gradient through the variance term
+        return -0.5 * torch.sum(1 + log_var - mu**2 - log_var.detach().exp())
+
+    r = audit(detached, "normal-standard")
+    assert r.verdict == "exact"
+    assert any(p.code == "gradient-wrong" for p in r.problems)
+
+
+def test_torch_gradients_of_a_correct_function_agree():
+    torch = pytest.importorskip("torch")
+
+    def right(mu, log_var):
+        return -0.5 * torch.sum(1 + log_var - mu**2 - log_var.exp())
+
+    r = audit(right, "normal-standard")
+    assert r.problems == []
+    assert any("gradients match" in e for e in r.evidence)
+
+
+def test_jax_backend():
+    jnp = pytest.importorskip("jax.numpy")
+
+    def kl(mu, log_var):
+        return jnp.mean(-0.5 * jnp.sum(1 + log_var - mu**2 - jnp.exp(log_var), axis=-1))
+
+    r = audit(kl, "normal-standard")
+    assert (r.backend, r.verdict, r.reduction) == ("jax", "exact", "mean")
+
+
+def test_raising_function_gets_a_verdict():
+    def broken(a, b):
+        raise RuntimeError("boom")
+
+    r = audit(broken, "categorical")
+    assert r.verdict == "not-kl"
+    assert r.problems[0].code == "raises" and "boom" in r.problems[0].message
+
+
+def test_wrong_shape_gets_a_verdict():
+    r = audit(lambda mu, s: np.ones(7), "normal-standard")
+    assert r.verdict == "not-kl"
+
+
+def test_nan_gets_a_verdict():
+    r = audit(lambda mu, s: np.sum(np.log(mu)), "normal-standard")  # log of negative locs
+    assert r.verdict == "not-kl"
+    assert r.problems[0].code == "nan"
+
+
+def test_hanging_function_gets_a_timeout_verdict():
+    def hangs(mu, s):
+        time.sleep(30)
+
+    start = time.perf_counter()
+    r = audit(hangs, "normal-standard", time_limit=1.0)
+    assert time.perf_counter() - start < 5
+    assert r.verdict == "not-kl" and r.problems[0].code == "timeout"
+
+
+# --- estimators ---------------------------------------------------------------------------------
+def test_log_ratio_forms():
+    def k3(logp, ref):
+        return np.mean(np.exp(ref - logp) - 1 - (ref - logp))
+
+    def k2(logp, ref):
+        return np.mean(0.5 * (logp - ref) ** 2)
+
+    def clipped(logp, ref):
+        return np.mean(np.clip(np.exp(ref - logp) - 1 - (ref - logp), -10, 10))
+
+    r = audit(k3, "log-ratio")
+    assert (r.verdict, r.estimator, r.reduction) == ("unbiased-estimator", "k3", "mean")
+    assert r.std > 0
+    r = audit(k2, "log-ratio")
+    assert (r.verdict, r.estimator) == ("biased-estimator", "k2")
+    assert r.bias > 0  # k2 overestimates here
+    r = audit(clipped, "log-ratio")
+    assert r.verdict == "biased-estimator"
+    assert any(p.code == "clipping" for p in r.problems)
+
+
+# --- factors and arguments ---------------------------------------------------------------------
+def test_factor_strings_evaluate():
+    for k, den, sizes, want in [
+        (1.0, (), {}, 1.0),
+        (0.5, ("B", "D"), {"B": 4, "D": 3}, 1 / 24),
+        (4.0, ("C",), {"C": 5}, 0.8),
+    ]:
+        assert math.isclose(factor_value(format_factor(k, den), sizes), want)
+
+
+def test_bad_arguments_raise_kldiverror():
+    with pytest.raises(kldiv.KLDivError, match="kind"):
+        audit(vae_log_var, "gaussian")
+    with pytest.raises(kldiv.KLDivError, match="backend"):
+        audit(vae_log_var, "normal-standard", backend="tensorflow")
+    with pytest.raises(kldiv.KLDivError, match="roles"):
+        audit(vae_log_var, "normal-sample", roles="a=sample,b=q.wrong")
+    with pytest.raises(kldiv.KLDivError, match="sample"):
+        audit(vae_log_var, "normal-sample", roles="a=q.scale")
+    with pytest.raises(kldiv.KLDivError, match="roles"):
+        audit(vae_log_var, "normal-standard", roles="a=sample")
+    assert set(KINDS) == {"normal-standard", "normal", "categorical", "log-ratio", "normal-sample"}
+
+
+def test_report_to_dict_is_json():
+    d = audit(vae_log_var, "normal-standard").to_dict()
+    assert {"verdict", "params", "direction", "factor", "equivalent", "problems"} <= set(d)
+    json.dumps(d)
+
+
+# --- the command ----------------------------------------------------------------------------------
+def test_cli_on_a_file(tmp_path, capsys):
+    src = tmp_path / "losses.py"
+    src.write_text(
+        "import numpy as np\n"
+        "def kl_loss(mu, logvar):\n"
+        "    return np.mean(-0.5 * np.sum(1 + logvar - mu**2 - np.exp(logvar), axis=1))\n"
+        "def bad(mu, logvar):\n"
+        "    return np.mean(1 + logvar - mu**2 - np.exp(logvar))\n"
+    )
+    assert main(["audit", f"{src}:kl_loss", "--kind", "normal-standard", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["verdict"], out["params"]) == ("exact", {"logvar": "log_var"})
+    assert main(["audit", f"{src}:bad", "--kind", "normal-standard"]) == 1
+    assert "verdict" in capsys.readouterr().out
+    assert main(["audit", f"{src}:missing", "--kind", "normal-standard"]) == 2
+    assert main(["audit", f"{src}:kl_loss"]) == 2  # no --kind
+    assert main(["audit", "nothing_here.py:f", "--kind", "normal"]) == 2
+
+
+def test_cli_speed_one_function_under_ten_seconds(tmp_path):
+    src = tmp_path / "vits.py"
+    src.write_text(
+        "import numpy as np\n"
+        "def kl_loss(z_p, logs_q, m_p, logs_p, z_mask):\n"
+        "    kl = logs_p - logs_q - 0.5 + 0.5 * ((z_p - m_p) ** 2) * np.exp(-2.0 * logs_p)\n"
+        "    return np.sum(kl * z_mask) / np.sum(z_mask)\n"
+    )
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kldiv",
+            "audit",
+            f"{src}:kl_loss",
+            "--kind",
+            "normal-sample",
+            "--roles",
+            "z_p=sample,logs_q=q.scale,m_p=p.loc,logs_p=p.scale,z_mask=mask",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "unbiased-estimator" in proc.stdout
+    assert time.perf_counter() - start < 10
