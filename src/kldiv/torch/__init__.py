@@ -1,0 +1,10 @@
+"""kldiv's PyTorch layer: loss modules, the torch.distributions bridge, distributed reductions
+and large-vocabulary kernels. Importing it imports torch; ``import kldiv`` does not.
+"""
+
+from .bridge import kl_divergence as kl_divergence
+from .distributed import global_count as global_count
+from .distributed import global_normalizer as global_normalizer
+from .losses import BernoulliKLLoss as BernoulliKLLoss
+from .losses import CategoricalKLLoss as CategoricalKLLoss
+from .losses import NormalKLLoss as NormalKLLoss
