@@ -162,26 +162,52 @@ def snap(k: float, tol: float) -> float:
     return k
 
 
+_CONSTANTS = {"log(2)": math.log(2.0), "log(10)": math.log(10.0)}  # nats <-> bits, digits
+
+
 def format_factor(k: float, denominator: Sequence[str]) -> str:
     """A Python expression in the shape symbols: ``"1"``, ``"1/D"``, ``"1/(2*B*D)"``, ``"4"``.
+
+    A factor that is a simple fraction times ``log(2)`` or its inverse (a KL in bits) is
+    written so.
 
     >>> format_factor(0.5, ("B", "D"))
     '1/(2*B*D)'
     >>> format_factor(4.0, ())
     '4'
+    >>> format_factor(1 / math.log(2), ("B",))
+    '1/(B*log(2))'
     """
-    frac = Fraction(k).limit_denominator(64)
-    exact = float(frac) == k
-    num = str(frac.numerator) if exact else f"{k:.6g}"
-    den_parts = ([str(frac.denominator)] if exact and frac.denominator != 1 else []) + list(
-        denominator
-    )
+    num, den_parts = _simple(k)
+    consts: list[str] = []
+    if num is None:
+        for name, c in _CONSTANTS.items():
+            num, den_parts = _simple(k * c)  # k = num / (den * c)
+            if num is not None:
+                consts = [name]
+                break
+            num, den_parts = _simple(k / c)  # k = num * c / den
+            if num is not None:
+                num = name if num == "1" else f"{num}*{name}"
+                break
+    if num is None:
+        num, den_parts = f"{k:.6g}", []
+    den_parts = [*den_parts, *denominator, *consts]
     if not den_parts:
         return num
     den = den_parts[0] if len(den_parts) == 1 else "(" + "*".join(den_parts) + ")"
     return f"{num}/{den}"
 
 
+def _simple(k: float) -> tuple[str | None, list[str]]:
+    """(numerator, [denominator]) when ``k`` is a fraction with a small denominator, to 1e-9."""
+    frac = Fraction(k).limit_denominator(64)
+    if frac == 0 or abs(float(frac) - k) > 1e-9 * abs(k):
+        return None, []
+    return str(frac.numerator), ([str(frac.denominator)] if frac.denominator != 1 else [])
+
+
 def factor_value(factor: str, sizes: dict[str, int]) -> float:
     """Evaluate a factor expression at given sizes (``M`` included where it appears)."""
-    return float(eval(factor, {"__builtins__": {}}, dict(sizes)))  # our own strings only
+    names = {"log": math.log, **sizes}
+    return float(eval(factor, {"__builtins__": {}}, names))  # our own strings only

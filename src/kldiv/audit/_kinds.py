@@ -75,7 +75,7 @@ class Session:
         self.names = names
         self.rng = np.random.default_rng(seed)
         self.deadline = deadline
-        self.negative_seen = 0.0
+        self.final_probes: list[Probe] = []  # the probes of the reading reported
         self.succeeded = 0  # calls that returned; failures before the first mean "wrong backend"
         self.mask_name: str | None = None
         self.nonfinite_seen = False
@@ -95,7 +95,6 @@ class Session:
         if not np.all(np.isfinite(call.output)):
             self.nonfinite_seen = True
             raise Abort("nan", "the function returned NaN or inf on finite, valid inputs")
-        self.negative_seen = min(self.negative_seen, float(np.min(call.output)))
         return call
 
     def round(self, x: np.ndarray) -> np.ndarray:
@@ -280,14 +279,13 @@ def record_problems(session: Session, report: AuditReport) -> None:
                 "later use of it reads different numbers)",
             ),
         )
-    if session.negative_seen < 0 and report.verdict in ("exact", "exact-scaled"):
-        pass  # exact KL values are >= 0 up to rounding, already checked by the fit
-    elif session.negative_seen < -1e-6 and report.kind not in ("log-ratio", "normal-sample"):
-        report.problems.append(
-            Problem(
-                "negative", f"it returns negative values (as low as {session.negative_seen:.3g})"
+    probes = session.final_probes
+    if probes and report.verdict == "not-kl":  # exact readings are >= 0 by the fit itself
+        low = min(float(np.min(p.output)) for p in probes)
+        if low < -1e-6:
+            report.problems.append(
+                Problem("negative", f"it returns negative values (as low as {low:.3g})")
             )
-        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,13 +364,20 @@ def audit_normal(session: Session, two_sided: bool) -> None:
     report.notes.extend(notes)
     report.verdict = verdict_for(result.k, factor)
     if "D" in result.kept and "B" not in result.kept:
+        session.final_probes = list(best.probes)
         report.verdict = "not-kl"
         report.closest = "the KL per latent dimension, summed over the batch"
         report.summary = "returns one number per latent dimension, summed over the batch: no KL"
         report.reduction = report.factor = report.equivalent = None
         return
-    if "D" in result.kept:
-        report.notes.append("returns one value per latent dimension (no sum over the latent axis)")
+    if "D" in result.kept:  # per-dimension terms: the KL is their sum over the latent axis
+        session.final_probes = list(best.probes)
+        report.verdict = "not-kl"
+        report.closest = "the per-dimension KL terms (their sum over the latent axis is the KL)"
+        report.summary = (
+            "returns one KL term per latent dimension, not summed over the latent axis; the "
+            "equivalent below gives the same terms"
+        )
     event = "" if "D" in result.kept else ", event_axis=-1"
     red = "" if reduction == "none" else f', reduction="{reduction}"'
     loc_a, s_a = names[0], names[1]
@@ -385,7 +390,8 @@ def audit_normal(session: Session, two_sided: bool) -> None:
     else:
         q_spec = "kldiv.Normal.standard()"
     report.equivalent = f"kldiv.kl({p_spec}, {q_spec}{event}{red}){factor_suffix(factor)}"
-    report.summary = _summary_exact(report)
+    if report.verdict != "not-kl":
+        report.summary = _summary_exact(report)
     report.evidence.append(
         f"{len(probes)} probes of shapes {', '.join(f'{b}x{d}' for b, d in SHAPES_2D)} (B x D): "
         f"every output equals the exact KL with this reading to {result.error:.1g} relative"
@@ -456,6 +462,8 @@ def _not_kl(
 ) -> None:
     report = session.report
     report.verdict = "not-kl"
+    chosen = alternative if alternative is not None else closest
+    session.final_probes = list(chosen.probes) if chosen is not None else []
     if alternative is not None and alternative.result is not None:
         r = alternative.result
         reduction, factor, _ = interpret(r, example, event, mask=False)
@@ -525,7 +533,7 @@ def audit_categorical(session: Session) -> None:
     hypotheses: list[Hypothesis] = []
     alternatives: list[Hypothesis] = []
     logits_runs: dict[tuple, list[tuple[np.ndarray, np.ndarray, Probe]]] = {}
-    failures: list[str] = []
+    failures: list[tuple[str, str]] = []  # (code, message) of encodings the function rejected
     layouts = [
         (-1, SHAPES_2D, ("B", "C")),
         (0, SHAPES_2D, ("C", "B")),
@@ -562,7 +570,7 @@ def audit_categorical(session: Session) -> None:
                         raise  # nothing ran in any layout: let the next backend try
                     if exc.code not in ("raises", "nan", "wrong-backend"):
                         raise
-                    failures.append(f"{sa}/{sb}: {exc.message}")
+                    failures.append((exc.code, f"{sa}/{sb}: {exc.message}"))
                     continue
                 params = {a_name: sa, b_name: sb}
                 for direction in ("a||b", "b||a"):
@@ -583,7 +591,10 @@ def audit_categorical(session: Session) -> None:
                     _categorical_alternatives(params, probes, decoded, axis, example)
                 )
     if not hypotheses:
-        raise Abort("raises", failures[0].split(": ", 1)[1] if failures else "no probe ran")
+        if not failures:
+            raise Abort("raises", "no probe ran")
+        code, message = failures[0]
+        raise Abort("nan" if code == "nan" else "raises", message.split(": ", 1)[1])
     best, closest = best_of(hypotheses)
     if best is None:  # a temperature inside the function?
         best = _temperature_search(logits_runs, a_name, b_name)
@@ -591,18 +602,13 @@ def audit_categorical(session: Session) -> None:
             hypotheses.append(best)
     if best is None:
         alt, alt_closest = best_of(alternatives)
+        if alt is not None:
+            alt = _most_general(alternatives, alt, same_label=True)
         example = (alt or closest).extra.get("example", ("B",)) if (alt or closest) else ("B",)
         _not_kl(session, alt, closest, alt_closest, example, ("C",))
         return
     # several spaces may fit (a logits function also takes log-probs): report the most general
-    fitting = [h for h in hypotheses if h.result is not None and h.result.ok]
-    rank = {"probs": 0, "log_probs": 1, "logits": 2}
-    same = [
-        h
-        for h in fitting
-        if h.direction == best.direction and h.extra["axis"] == best.extra["axis"]
-    ]
-    best = max(same, key=lambda h: (sum(rank[v] for v in h.params.values()), -h.result.error))
+    best = _most_general(hypotheses, best, same_label=False)
     result = best.result
     assert result is not None
     axis = best.extra["axis"]
@@ -611,6 +617,7 @@ def audit_categorical(session: Session) -> None:
     report.temperature = best.temperature
     report.class_axis = axis
     if "C" in result.kept:
+        session.final_probes = list(best.probes)
         report.verdict = "not-kl"
         report.reduction = "none"
         report.closest = "the per-class terms p·log(p/q) of the KL"
@@ -656,7 +663,9 @@ def audit_categorical(session: Session) -> None:
     )
     _runner_up_evidence(report, [h for h in hypotheses if h.params != best.params], best)
     if failures:
-        report.notes.append("it rejects other input spaces: " + "; ".join(failures[:2]))
+        report.notes.append(
+            "it rejects other input spaces: " + "; ".join(m for _, m in failures[:2])
+        )
     if session.caller.backend.name != "numpy" and best.temperature is None:
         sa, sb = best.params[a_name], best.params[b_name]
         shape0, axes0 = best.probes[0].shape, best.probes[0].axes
@@ -684,6 +693,26 @@ def audit_categorical(session: Session) -> None:
             elif space == "log_probs":
                 normals[name] = (np.exp, axis)
         check_gradients(session, args, reference, normals=normals)
+
+
+_SPACE_RANK = {"probs": 0, "log_probs": 1, "logits": 2}
+
+
+def _most_general(hypotheses: Sequence[Hypothesis], best: Hypothesis, *, same_label: bool):
+    """Among readings that fit like ``best``, the one with the most general input spaces."""
+    same = [
+        h
+        for h in hypotheses
+        if h.result is not None
+        and h.result.ok
+        and h.direction == best.direction
+        and h.extra.get("axis") == best.extra.get("axis")
+        and (not same_label or h.label == best.label)
+    ]
+    return max(
+        same or [best],
+        key=lambda h: (sum(_SPACE_RANK.get(v, 0) for v in h.params.values()), -h.result.error),
+    )
 
 
 def _categorical_alternatives(params, probes, decoded, axis, example) -> list[Hypothesis]:
