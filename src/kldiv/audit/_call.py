@@ -223,54 +223,60 @@ class Caller:
     def _gradients(
         self, args: Mapping[str, np.ndarray], weights: np.ndarray, *, keywords: bool
     ) -> dict[str, np.ndarray]:
-        if self.backend.name == "torch":
-            import torch
+        def f(natives: dict[str, Any]) -> Any:
+            return self.fn(**natives) if keywords else self.fn(*natives.values())
 
-            leaves = {k: self.backend.native(v, requires_grad=True) for k, v in args.items()}
-            y = self.fn(**leaves) if keywords else self.fn(*leaves.values())
-            w = torch.tensor(weights, dtype=y.dtype).reshape(y.shape)
-            grads = torch.autograd.grad((w * y).sum(), list(leaves.values()), allow_unused=True)
-            return {
-                k: (np.zeros_like(args[k]) if g is None else g.detach().double().numpy())
-                for k, g in zip(leaves, grads, strict=True)
-            }
-        if self.backend.name == "jax":
-            import jax
-            import jax.numpy as jnp
-
-            names = list(args)
-            natives = [self.backend.native(args[k]) for k in names]
-
-            def loss(*xs: Any) -> Any:
-                y = self.fn(**dict(zip(names, xs, strict=True))) if keywords else self.fn(*xs)
-                return jnp.sum(jnp.asarray(weights, dtype=y.dtype).reshape(y.shape) * y)
-
-            grads = jax.grad(loss, argnums=tuple(range(len(names))))(*natives)
-            return {k: np.asarray(g, dtype=np.float64) for k, g in zip(names, grads, strict=True)}
-        raise NotImplementedError("no autograd on NumPy")
+        return autograd(self.backend, f, args, weights)
 
 
-def parameter_names(fn: Callable[..., Any]) -> list[str] | None:
-    """The function's positional parameter names, or None if it has no inspectable signature."""
+def autograd(
+    backend: Backend,
+    f: Callable[[dict[str, Any]], Any],
+    args: Mapping[str, np.ndarray],
+    weights: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """d(sum(weights * f(args)))/d(args) by the backend's autograd, as NumPy float64.
+
+    ``f`` takes a dict of native arrays; the weights make a non-scalar output a scalar loss.
+    """
+    names = list(args)
+    if backend.name == "torch":
+        import torch
+
+        leaves = {k: backend.native(args[k], requires_grad=True) for k in names}
+        y = f(leaves)
+        w = torch.tensor(weights, dtype=y.dtype).reshape(y.shape)
+        grads = torch.autograd.grad((w * y).sum(), list(leaves.values()), allow_unused=True)
+        return {
+            k: (np.zeros_like(args[k]) if g is None else g.detach().double().numpy())
+            for k, g in zip(names, grads, strict=True)
+        }
+    if backend.name == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def loss(*xs: Any) -> Any:
+            y = f(dict(zip(names, xs, strict=True)))
+            return jnp.sum(jnp.asarray(weights, dtype=y.dtype).reshape(y.shape) * y)
+
+        natives = [backend.native(args[k]) for k in names]
+        grads = jax.grad(loss, argnums=tuple(range(len(names))))(*natives)
+        return {k: np.asarray(g, dtype=np.float64) for k, g in zip(names, grads, strict=True)}
+    raise NotImplementedError("no autograd on NumPy")
+
+
+def parameter_names(fn: Callable[..., Any], *, required: bool = False) -> list[str] | None:
+    """The function's positional parameter names (or, with ``required``, every parameter
+    without a default), or None if it has no inspectable signature."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return None
-    return [
-        p.name
-        for p in sig.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-
-
-def required_names(fn: Callable[..., Any]) -> list[str] | None:
-    """Parameters without defaults (positional or keyword)."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None
-    return [
-        p.name
-        for p in sig.parameters.values()
-        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
+    params = sig.parameters.values()
+    if required:
+        return [
+            p.name
+            for p in params
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]

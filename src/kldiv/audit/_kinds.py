@@ -19,7 +19,7 @@ import numpy as np
 
 from .._kl import kl as _exact_kl
 from ..dists import Categorical, Normal
-from ._call import AuditTimeout, Call, Caller
+from ._call import AuditTimeout, Call, Caller, autograd
 from ._fit import Fit, Probe, fit, format_factor, tolerance
 from ._report import AuditReport, Problem
 
@@ -183,7 +183,7 @@ def check_gradients(
             Problem("gradient-fails", f"autograd through the function fails: {exc}")
         )
         return
-    want = _reference_gradients(backend, args, weights, reference)
+    want = autograd(backend, reference, args, weights)
     worst, where = 0.0, None
     for name in args:
         if name in sample_names:
@@ -219,32 +219,6 @@ def check_gradients(
 def _tangent(g: np.ndarray, n: np.ndarray, axis: int) -> np.ndarray:
     """``g`` without its component along the normal ``n`` (per distribution on ``axis``)."""
     return g - n * np.sum(g * n, axis=axis, keepdims=True) / np.sum(n * n, axis=axis, keepdims=True)
-
-
-def _reference_gradients(backend: Any, args: dict[str, np.ndarray], weights: np.ndarray, ref):
-    if backend.name == "torch":
-        import torch
-
-        leaves = {k: backend.native(v, requires_grad=True) for k, v in args.items()}
-        y = ref(leaves)
-        w = torch.tensor(weights, dtype=y.dtype).reshape(y.shape)
-        grads = torch.autograd.grad((w * y).sum(), list(leaves.values()), allow_unused=True)
-        return {
-            k: (np.zeros_like(args[k]) if g is None else g.detach().double().numpy())
-            for k, g in zip(leaves, grads, strict=True)
-        }
-    import jax
-    import jax.numpy as jnp
-
-    names = list(args)
-
-    def loss(*xs: Any) -> Any:
-        y = ref(dict(zip(names, xs, strict=True)))
-        return jnp.sum(jnp.asarray(weights, dtype=y.dtype).reshape(y.shape) * y)
-
-    natives = [backend.native(args[k]) for k in names]
-    grads = jax.grad(loss, argnums=tuple(range(len(names))))(*natives)
-    return {k: np.asarray(g, dtype=np.float64) for k, g in zip(names, grads, strict=True)}
 
 
 def reduce_like(elements: Any, probe: Probe, result: Fit) -> Any:

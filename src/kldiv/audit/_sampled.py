@@ -98,9 +98,9 @@ def _mask_parameter(session: Session) -> str | None:
 
     A mask with a default is left to its default: the kind's signature is (logp, logp_ref).
     """
-    from ._call import required_names
+    from ._call import parameter_names
 
-    names = required_names(session.caller.fn) or []
+    names = parameter_names(session.caller.fn, required=True) or []
     return next((n for n in names[2:] if "mask" in n.lower()), None)
 
 
