@@ -2,9 +2,14 @@
 and large-vocabulary kernels. Importing it imports torch; ``import kldiv`` does not.
 """
 
+# --- loss modules, bridge, distributed reductions (issue 5) ---
 from .bridge import kl_divergence as kl_divergence
 from .distributed import global_count as global_count
 from .distributed import global_normalizer as global_normalizer
 from .losses import BernoulliKLLoss as BernoulliKLLoss
 from .losses import CategoricalKLLoss as CategoricalKLLoss
 from .losses import NormalKLLoss as NormalKLLoss
+
+# --- large-vocabulary KL (issue 6) ---
+from .vocab import fused_linear_vocab_kl as fused_linear_vocab_kl
+from .vocab import vocab_kl as vocab_kl
