@@ -41,7 +41,7 @@ def tolerance(dtype: str) -> float:
         return 2e-2
     if "32" in dtype:
         return 5e-4
-    return 1e-5  # float64: room for the epsilons real code adds (log(p + 1e-8))
+    return 1e-4  # float64: room for the epsilons real code adds (log(p + 1e-5))
 
 
 def kept_axes(out_shape: tuple[int, ...], in_shape: tuple[int, ...]) -> tuple[int, ...] | None:

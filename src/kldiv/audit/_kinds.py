@@ -695,7 +695,7 @@ def _categorical_alternatives(params, probes, decoded, axis, example) -> list[Hy
         "the cross-entropy H(a, b) = -Σ a·log b": lambda pa, pb: -np.exp(pa) * pb,
         "the cross-entropy H(b, a) = -Σ b·log a": lambda pa, pb: -np.exp(pb) * pa,
         "the symmetric KL(a||b) + KL(b||a)": lambda pa, pb: _pointwise(pa, pb) + _pointwise(pb, pa),
-        "the Jensen-Shannon divergence": _jsd_terms,
+        "the Jensen-Shannon divergence JS(a, b)": _jsd_terms,
     }
     for label, f in named.items():
         out.append(
