@@ -24,6 +24,7 @@ from .errors import KLDivError as KLDivError
 from . import audit as audit
 from . import mc as mc
 from . import samples as samples
+from . import vae as vae
 from .audit import AuditReport as AuditReport
 from .samples import from_counts as from_counts
 from .samples import from_samples as from_samples

@@ -8,22 +8,22 @@ is estimated from samples :math:`x_1, \dots, x_n \sim p` as the mean of a per-sa
 :math:`g(x_i)` whose expectation is the KL (or close to it). With :math:`\ell(x) = \log q(x) -
 \log p(x)` (the log of :math:`r = q/p`), the estimators are:
 
-============  ====================================  ==========================================
-name          per-sample value :math:`g(x)`          expectation, and when to use it
-============  ====================================  ==========================================
-``"k1"``      :math:`-\ell`                          KL exactly; variance
-                                                     :math:`\mathrm{Var}_p[\ell]`, 0 when p = q
-``"k2"``      :math:`\tfrac12 \ell^2`                :math:`\tfrac12\mathbb E_p[\ell^2]`: *biased*
-                                                     (by :math:`O(\ell^3)`), low variance near
-                                                     p = q; never negative
-``"k3"``      :math:`e^{\ell} - 1 - \ell`            KL exactly when q > 0 only where p > 0;
-                                                     never negative; variance infinite when
-                                                     :math:`\mathbb E_p[r^2] = \infty`
-``"entropy"``  :math:`-H(p) - \log q(x)`             KL exactly (the VITS form: analytic entropy,
-                                                     sampled cross-entropy); variance
-                                                     :math:`\mathrm{Var}_p[\log q]`, 0 as p
-                                                     concentrates
-============  ====================================  ==========================================
+=============  ====================================  ==========================================
+name           per-sample value :math:`g(x)`          expectation, and when to use it
+=============  ====================================  ==========================================
+``"k1"``       :math:`-\ell`                          KL exactly; variance
+                                                      :math:`\mathrm{Var}_p[\ell]`, 0 when p = q
+``"k2"``       :math:`\tfrac12 \ell^2`                :math:`\tfrac12\mathbb E_p[\ell^2]`: *biased*
+                                                      (by :math:`O(\ell^3)`), low variance near
+                                                      p = q; never negative
+``"k3"``       :math:`e^{\ell} - 1 - \ell`            KL exactly when q > 0 only where p > 0;
+                                                      never negative; variance infinite when
+                                                      :math:`\mathbb E_p[r^2] = \infty`
+``"entropy"``  :math:`-H(p) - \log q(x)`              KL exactly (the VITS form: analytic entropy,
+                                                      sampled cross-entropy); variance
+                                                      :math:`\mathrm{Var}_p[\log q]`, 0 as p
+                                                      concentrates
+=============  ====================================  ==========================================
 
 Which one. For :math:`p = N(0, 1)`, :math:`q = N(\mu, 1)` (KL :math:`\mu^2/2`),
 :math:`\mathrm{Var}(k_1) = \mu^2` and :math:`\mathrm{Var}(k_3) = e^{\mu^2} - 1 - \mu^2`: ``k3``
