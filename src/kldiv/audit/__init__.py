@@ -45,7 +45,7 @@ def audit(
     roles: Mapping[str, str] | str | None = None,
     backend: str | None = None,
     seed: int = 0,
-    time_limit: float = 8.0,
+    time_limit: float = 60.0,
 ) -> AuditReport:
     """Probe ``fn`` with inputs whose KL is known and report what it computes.
 
@@ -60,8 +60,9 @@ def audit(
         backend: ``"numpy"``, ``"torch"`` or ``"jax"``; by default the ones the function's
             module imports are tried first.
         seed: seeds every probe, so a report is reproducible.
-        time_limit: seconds before the auditor stops probing (a function that hangs gets a
-            ``not-kl`` verdict with a ``timeout`` problem).
+        time_limit: seconds before the auditor stops probing; one call may take at most
+            ``min(10, time_limit / 2)`` seconds. A function that hangs gets a ``not-kl``
+            verdict with a ``timeout`` problem.
 
     Returns:
         An :class:`AuditReport`; ``report.to_dict()`` is its JSON form.
@@ -95,7 +96,7 @@ def audit(
             if backend is not None:
                 raise KLDivError(f"backend: {which} is not installed") from None
             continue
-        caller = Caller(fn, be, timeout=max(1.0, time_limit / 2))
+        caller = Caller(fn, be, timeout=max(1.0, min(10.0, time_limit / 2)))
         report = AuditReport(function=name, kind=kind, verdict="not-kl", backend=which)
         session = Session(caller, report, names, seed, start + time_limit)
         try:
