@@ -18,3 +18,16 @@ def test_readme_has_python_blocks():
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_block_runs(index):
     exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {})
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run installs what README's test command installs and runs the same pytest."""
+    readme = README.read_text()
+    ci = (README.parent / ".ci" / "run").read_text()
+    command = re.search(
+        r'pip install torch==2.13.0 && pip install -e "(.*?)" && python -m pytest', readme
+    )
+    assert command, "README's test command changed form"
+    assert "pip install -q torch==2.13.0" in ci
+    assert f'pip install -q -e "{command.group(1)}"' in ci
+    assert "python -m pytest" in ci
