@@ -7,7 +7,11 @@ Runs, on the same inputs (seeded), each method in a fresh subprocess:
 - ``compiled``: ``torch.compile`` of the same function;
 - ``liger``: Liger-Kernel's KL (or fused linear JSD with beta=0, i.e. forward KL) when it is
   importable and CUDA is present;
-- ``kldiv``: ``kldiv.torch.vocab_kl`` (``fused_linear_vocab_kl`` for ``--linear``).
+- ``kldiv``: ``kldiv.torch.vocab_kl`` (``fused_linear_vocab_kl`` for ``--linear``), its chunked
+  torch path (on CUDA with ``KLDIV_DISABLE_TRITON=1``);
+- ``triton``: ``vocab_kl`` through its Triton kernel, what CUDA users get by default when
+  ``triton`` is installed (CUDA only: on CPU the row says "skipped: needs CUDA"; no fused
+  variant).
 
 Time: the median of ``--repeat`` forward+backward passes after one warm-up pass.
 
@@ -37,7 +41,7 @@ import subprocess
 import sys
 import time
 
-METHODS = ("naive", "compiled", "liger", "kldiv")
+METHODS = ("naive", "compiled", "liger", "kldiv", "triton")
 
 
 def parse(argv=None):
@@ -113,6 +117,20 @@ def _method(name, args, torch):
         return naive_linear if args.linear else naive_kl
     if name == "compiled":
         return torch.compile(naive_linear if args.linear else naive_kl)
+    if name == "triton":
+        import triton  # noqa: F401  (ImportError: the row is skipped)
+
+        from kldiv.torch import vocab as vocab_mod
+        from kldiv.torch import vocab_kl
+
+        if args.linear or not args.device.startswith("cuda"):
+            raise RuntimeError("the Triton path serves vocab_kl on CUDA only")
+        if not vocab_mod._use_triton(
+            torch.empty(0, device=args.device),
+            vocab_mod._Spec("forward", 0.0, 1.0, 1.0, torch.float32),
+        ):
+            raise RuntimeError("vocab_kl would not dispatch to Triton (KLDIV_DISABLE_TRITON?)")
+        return lambda s, t: vocab_kl(s, t)
     if name == "kldiv":
         from kldiv.torch import fused_linear_vocab_kl, vocab_kl
 
@@ -205,6 +223,8 @@ def run_worker(args, method: str, measure: str) -> dict:
     if args.chunk_size is not None:
         cmd += ["--chunk-size", str(args.chunk_size)]
     env = dict(os.environ)
+    if method == "kldiv":  # the chunked torch path, also on CUDA (the triton row is the kernel)
+        env["KLDIV_DISABLE_TRITON"] = "1"
     if measure == "memory":
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -234,6 +254,12 @@ def main(argv=None) -> None:
     )
     results = {}
     for m in args.methods.split(","):
+        if m == "triton" and not args.device.startswith("cuda"):
+            results[m] = {"error": "needs CUDA"}
+            continue
+        if m == "triton" and args.linear:
+            results[m] = {"error": "no Triton path for the fused variant"}
+            continue
         r = run_worker(args, m, "time")
         if "error" not in r:
             r.update(run_worker(args, m, "memory"))

@@ -22,7 +22,9 @@ mean in :func:`kldiv.kl`. Masked tokens are skipped, not computed and discarded.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,8 +170,32 @@ def _grad_buffer(like: Any, skip: Any, lent: Any = None) -> Any:
 # vocab_kl's autograd function
 
 
+def _use_triton(x: Any, spec: _Spec) -> bool:
+    """The Triton kernel serves CUDA tensors computed in float32, unless KLDIV_DISABLE_TRITON=1."""
+    if x.device.type != "cuda" or spec.compute != torch.float32:
+        return False
+    if os.environ.get("KLDIV_DISABLE_TRITON", "") not in ("", "0"):
+        return False
+    return _triton_importable()
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _vocab_loop(s, t, rows, spec, size, weights, gs_out, gt_out, values):
     """Walk the chunks: per-token values into ``values``, weighted gradients into the buffers."""
+    if _use_triton(s, spec):  # one launch over all rows, same buffers, same per-row factors
+        from ._vocab_triton import vocab_rows
+
+        w = None if gs_out is None and gt_out is None else _row_factor(spec, weights, slice(None))
+        vocab_rows(s, t, rows, spec, w, gs_out, gt_out, values)
+        return
     for c in _chunks(s.shape[0], rows, size):
         a = _take(s, c).to(spec.compute)
         b = _take(t, c).to(spec.compute)
@@ -515,7 +541,9 @@ def vocab_kl(
 
     Arithmetic is float32 throughout; the student (and teacher) gradient is computed in the
     forward pass, chunk by chunk, scaled by each token's weight in the reduction and rounded once
-    to the input dtype.
+    to the input dtype. On CUDA, when ``triton`` imports, the same computation runs in a Triton
+    kernel over all tokens at once (``chunk_size`` is then unused; float64 stays on torch);
+    ``KLDIV_DISABLE_TRITON=1`` in the environment selects the torch path.
 
     >>> import torch
     >>> from kldiv.torch import vocab_kl
