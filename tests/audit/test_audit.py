@@ -314,3 +314,24 @@ def test_cli_speed_one_function_under_ten_seconds(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "unbiased-estimator" in proc.stdout
     assert time.perf_counter() - start < 10
+
+
+def test_kl_div_given_probabilities_is_named():
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+
+    def kd_softmax(student_logits, teacher_logits):  # softmax where log_softmax belongs
+        return functional.kl_div(
+            functional.softmax(student_logits, -1),
+            functional.softmax(teacher_logits, -1),
+            reduction="batchmean",
+        )
+
+    def kd_probs(student_probs, teacher_probs):  # right only if student_probs are log-probs
+        return functional.kl_div(student_probs, teacher_probs, reduction="batchmean")
+
+    r = audit(kd_softmax, "categorical")
+    assert r.verdict == "not-kl" and "F.kl_div" in r.closest
+    r = audit(kd_probs, "categorical")
+    assert (r.verdict, r.params["student_probs"]) == ("exact", "log_probs")
+    assert any(p.code == "name-says-probs" for p in r.problems)

@@ -590,6 +590,17 @@ def audit_categorical(session: Session) -> None:
     report.direction = best.direction
     report.temperature = best.temperature
     report.class_axis = axis
+    for name, space in best.params.items():
+        lowered = name.lower()
+        if space != "probs" and "prob" in lowered and "log" not in lowered:
+            report.problems.append(
+                Problem(
+                    "name-says-probs",
+                    f"{name} is read as {space.replace('_', '-')}, though its name says "
+                    "probabilities: passing probabilities there computes no KL (F.kl_div's "
+                    "first argument takes log-probabilities)",
+                )
+            )
     if "C" in result.kept:
         session.final_probes = list(best.probes)
         report.verdict = "not-kl"
@@ -708,15 +719,20 @@ def _categorical_alternatives(params, probes, decoded, axis, example) -> list[Hy
                 extra={"axis": axis, "example": example},
             )
         )
-    if params[next(iter(params))] == "probs":  # F.kl_div given probabilities
+    # F.kl_div(input, target) computes target * (log target - input): given probabilities as
+    # its input (softmax where log_softmax belongs), it is no KL. Either argument may be it.
+    for label, f in (
+        ("b·(log b - p_a)", lambda pa, pb: np.exp(pb) * (pb - np.exp(pa))),
+        ("a·(log a - p_b)", lambda pa, pb: np.exp(pa) * (pa - np.exp(pb))),
+    ):
         out.append(
             Hypothesis(
-                "F.kl_div's formula b·(log b - a) with a given as probabilities where "
-                "log-probabilities are expected",
+                f"F.kl_div's formula {label}: probabilities given where log-probabilities "
+                "are expected",
                 params,
                 None,
                 probes,
-                [np.exp(pb) * (pb - xa) for _, pb, xa, _ in decoded],
+                [f(pa, pb) for pa, pb, _, _ in decoded],
                 extra={"axis": axis, "example": example},
             )
         )
