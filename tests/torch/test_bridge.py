@@ -24,6 +24,7 @@ from torch.distributions.transforms import (  # noqa: E402
 
 import kldiv  # noqa: E402
 from kldiv.torch import kl_divergence  # noqa: E402
+from kldiv.torch.bridge import DIAGONAL_MIN_DIM  # noqa: E402
 
 BATCH = (4,)
 
@@ -105,7 +106,7 @@ def test_every_registered_pair_gives_torchs_value(pair, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_diagonal_mvn_takes_the_fast_path_with_torchs_value(dtype):
     g = torch.Generator().manual_seed(11)
-    k = 5
+    k = DIAGONAL_MIN_DIM
     p = td.MultivariateNormal(
         torch.randn(*BATCH, k, dtype=dtype, generator=g), _tril(g, k, dtype, diagonal=True)
     )
@@ -117,10 +118,26 @@ def test_diagonal_mvn_takes_the_fast_path_with_torchs_value(dtype):
         torch.testing.assert_close(got, td.kl_divergence(a, b), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_diagonal_mvns_get_torchs_own_value(dtype):
+    """Below DIAGONAL_MIN_DIM two MVNs are left to torch: its value, rounding included."""
+    g = torch.Generator().manual_seed(13)
+    k = DIAGONAL_MIN_DIM - 1
+    p = td.MultivariateNormal(
+        torch.randn(*BATCH, k, dtype=dtype, generator=g), _tril(g, k, dtype, diagonal=True)
+    )
+    q = td.MultivariateNormal(
+        torch.randn(k, dtype=dtype, generator=g), _tril(g, k, dtype, diagonal=True)
+    )
+    got = kl_divergence(p, q)
+    assert got.method == "torch"
+    assert torch.equal(got, td.kl_divergence(p, q))
+
+
 def test_diagonal_fast_path_gradients_equal_torchs():
     """A learnable full factor that is diagonal right now keeps its off-diagonal gradient."""
     g = torch.Generator().manual_seed(12)
-    k = 4
+    k = DIAGONAL_MIN_DIM
     dt = torch.float64
     loc_p, loc_q = torch.randn(2, 3, k, generator=g, dtype=dt).unbind(0)
     tril_p = torch.diag_embed(_u(g, 0.5, 2.0, (3, k), dt))
@@ -423,6 +440,56 @@ def test_support_mismatch_gives_inf_with_an_inf_stderr():
     p, q = td.StudentT(torch.tensor(4.0)), td.HalfNormal(torch.tensor(1.0))
     got = kl_divergence(p, q, num_samples=100)
     assert float(got) == math.inf and float(got.stderr) == math.inf
+
+
+def test_support_mismatch_without_rsample_gives_inf_not_nan():
+    """The score-function term of a p without rsample must not turn inf into NaN (inf * 0)."""
+    mix = td.MixtureSameFamily(
+        td.Categorical(logits=torch.zeros(2, requires_grad=True)),
+        td.Normal(torch.tensor([-1.0, 1.0]), torch.ones(2)),
+    )
+    cat = td.Categorical(torch.ones(5))
+    for p, q in ((mix, td.HalfNormal(torch.tensor(1.0))), (cat, td.Binomial(2, probs=0.5))):
+        got = kl_divergence(p, q, num_samples=100, generator=torch.Generator().manual_seed(0))
+        assert float(got.detach()) == math.inf and float(got.stderr) == math.inf
+
+
+def test_discrete_p_against_a_density_is_inf():
+    """p with atoms is not absolutely continuous w.r.t. a density: KL(p || q) = inf, whereas
+    log pmf - log pdf at p's atoms would give a finite number."""
+    bern = td.Bernoulli(probs=torch.tensor([0.3, 0.5]))
+    for q in (td.Normal(0.0, 1.0), td.ContinuousBernoulli(probs=torch.tensor(0.5))):
+        got = kl_divergence(bern, q, num_samples=100)
+        assert (
+            got.shape == (2,) and torch.all(got == math.inf) and torch.all(got.stderr == math.inf)
+        )
+    # two discrete laws stay finite
+    got = kl_divergence(td.Categorical(torch.ones(3)), td.Poisson(torch.tensor(1.0)))
+    assert got.method == "mc" and math.isfinite(float(got))
+    mapped = td.TransformedDistribution(td.Poisson(torch.tensor(2.0)), [AffineTransform(0.0, 1.0)])
+    got = kl_divergence(td.Poisson(torch.tensor(1.5)), mapped)  # discrete, whatever its support
+    assert got.method == "mc" and math.isfinite(float(got))
+
+
+def test_q_evaluated_outside_its_support_without_validation_errors():
+    """Samples of p outside q's support give inf, not torch's validation error, also where q
+    validates through an inner distribution (a mixture's components, Beta's Dirichlet) or where
+    torch reports a larger support than the true one (an affine map of a Beta: Real)."""
+    beta = td.Beta(torch.tensor(2.0), torch.tensor(2.0))
+    qs = [
+        beta,
+        td.TransformedDistribution(beta, [AffineTransform(0.0, 2.0)]),
+        td.MixtureSameFamily(
+            td.Categorical(torch.ones(2)), td.Gamma(torch.tensor([1.0, 2.0]), torch.ones(2))
+        ),
+    ]
+    for q in qs:
+        assert q._validate_args
+        got = kl_divergence(td.StudentT(torch.tensor(3.0)), q, num_samples=100)
+        assert float(got) == math.inf and float(got.stderr) == math.inf
+    assert qs[2]._component_distribution._validate_args and beta._dirichlet._validate_args
+    # inside the support the affine-mapped Beta is evaluated as usual: KL(q || q) = 0
+    assert float(kl_divergence(qs[1], qs[1], num_samples=100)) == 0.0
 
 
 def test_inputs_are_not_mutated():

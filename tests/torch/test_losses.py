@@ -44,6 +44,15 @@ def normal_reference(mu, std, mu0, std0):
         (lambda: CategoricalKLLoss(p_param="probs", q_param=None), "q_param: expected one of"),
         (lambda: CategoricalKLLoss(p_param="probs", q_param="logits", axis=(0, 1)), "axis: exp"),
         (lambda: CategoricalKLLoss(p_param="probs", q_param="logits", axis=None), "axis: exp"),
+        # the class axis is one int: the message must not offer a tuple
+        (
+            lambda: CategoricalKLLoss(p_param="probs", q_param="logits", axis=None),
+            "axis: expected an int, got NoneType None",
+        ),
+        (
+            lambda: CategoricalKLLoss(p_param="probs", q_param="logits", axis=True),
+            "axis: expected an int, got bool True",
+        ),
         (lambda: BernoulliKLLoss(p_param="log_probs", q_param="probs"), "'probs', 'logits'"),
         (lambda: BernoulliKLLoss(p_param="probs", q_param="probs", reduction=None), "reduction"),
     ],

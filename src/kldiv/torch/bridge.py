@@ -9,7 +9,9 @@ Where the value comes from, in this order:
 
 1. ``Independent(Normal, 1)`` or ``MultivariateNormal`` on both sides, both with a diagonal scale
    (an MVN whose ``scale_tril`` is zero below the diagonal): the sum of univariate KLs, O(k)
-   instead of torch's O(k^3) triangular solve (method ``"diagonal"``);
+   instead of torch's O(k^3) triangular solve (method ``"diagonal"``). Two MVNs take this path
+   only from ``DIAGONAL_MIN_DIM`` = 32 dimensions on; below, torch's value is returned as is
+   (in float32 the two differ by rounding: torch's formula cancels, the diagonal one does not);
 2. ``Independent(Normal, 1)`` against a ``MultivariateNormal`` or a
    ``LowRankMultivariateNormal``, or the reverse, which torch lacks: kldiv's closed form (method
    ``"kldiv"``);
@@ -20,7 +22,8 @@ Where the value comes from, in this order:
 4. otherwise, with ``fallback="mc"``, the Monte Carlo mean of ``log p(x) - log q(x)`` over
    ``num_samples`` draws from ``p``: reparameterized (``rsample``) where ``p`` allows, else with a
    score-function term that leaves the value unchanged and makes the gradient unbiased (method
-   ``"mc"``). Folded distributions get their density summed over both preimages.
+   ``"mc"``). Folded distributions get their density summed over both preimages; a discrete
+   ``p`` against a continuous ``q`` gives ``inf`` (``p`` has atoms, ``q`` puts no mass on them).
 """
 
 from __future__ import annotations
@@ -194,6 +197,10 @@ def _spec(g: tuple) -> Any:
     return MultivariateNormal(loc, covariance=array)
 
 
+#: below this event size, two diagonal MultivariateNormals get torch's own formula and value
+DIAGONAL_MIN_DIM = 32
+
+
 def _gaussian_kl(p: Any, q: Any) -> tuple[torch.Tensor, str] | None:
     gp, gq = _gaussian(p), _gaussian(q)
     if gp is None or gq is None or gp[2] == gq[2] == "diag":
@@ -202,7 +209,11 @@ def _gaussian_kl(p: Any, q: Any) -> tuple[torch.Tensor, str] | None:
     def diagonal(g: tuple) -> bool:
         return g[2] == "diag" or (g[2] == "tril" and _is_diagonal(g[1]))
 
-    if "cov" not in (gp[2], gq[2]) and diagonal(gp) and diagonal(gq):
+    # Two MVNs are a pair torch registers: below DIAGONAL_MIN_DIM its O(k^3) formula is cheap,
+    # and its value (rounding included) is returned; above, the O(k) path pays for itself.
+    both_mvn = gp[2] != "diag" and gq[2] != "diag"
+    small = both_mvn and gp[0].shape[-1] < DIAGONAL_MIN_DIM
+    if not small and "cov" not in (gp[2], gq[2]) and diagonal(gp) and diagonal(gq):
         return _diagonal_kl(gp, gq), "diagonal"
     if "diag" not in (gp[2], gq[2]):
         return None  # (low-rank) MVN pairs: torch's own formula
@@ -275,8 +286,9 @@ def _unvalidated(d: Any) -> Any:
     that ``log_prob`` may be called outside the support; ``d`` itself is left as it is."""
     d = copy.copy(d)
     d._validate_args = False
-    for attr in ("base_dist", "component_distribution", "mixture_distribution"):
-        inner = getattr(d, attr, None)
+    # every inner distribution held as an attribute: base_dist, a mixture's _component_distribution
+    # (behind a read-only property), Beta's _dirichlet, ...
+    for attr, inner in list(vars(d).items()):
         if isinstance(inner, td.Distribution):
             setattr(d, attr, _unvalidated(inner))
     return d
@@ -285,7 +297,31 @@ def _unvalidated(d: Any) -> Any:
 def _inside(d: Any, x: torch.Tensor) -> torch.Tensor | None:
     """Where ``x`` lies in the support of ``d`` (``None`` if the support can't say)."""
     try:
-        return d.support.check(x)
+        inside = d.support.check(x)
+    except NotImplementedError:
+        return None
+    if (
+        isinstance(d, td.TransformedDistribution)
+        and _bijective(d)
+        and not _has_own_log_prob(d)
+        and not any(t.domain.event_dim or t.codomain.event_dim for t in d.transforms)
+    ):
+        # torch's support is the last codomain (Real for an affine map of a Beta): check the
+        # preimage against the base's support as well
+        for t in reversed(d.transforms):
+            x = t.inv(x)
+        base = _inside(d.base_dist, x)
+        if base is not None:
+            inside = inside & base
+    return inside
+
+
+def _discrete(d: Any) -> bool | None:
+    """Whether ``d`` is a discrete distribution (``None`` if its support can't say)."""
+    if isinstance(d, td.TransformedDistribution):  # its support is the transform's codomain
+        return _discrete(d.base_dist)
+    try:
+        return bool(d.support.is_discrete)
     except NotImplementedError:
         return None
 
@@ -389,10 +425,15 @@ def _monte_carlo(
             f"{_name(p)}"
         ) from None
     log_p = _log_prob(p, x)
-    log_r = log_p - _log_prob(q, x)
+    log_q = _log_prob(q, x)
+    if _discrete(p) and _discrete(q) is False:
+        log_q = torch.full_like(log_q, -math.inf)  # a density puts no mass on p's atoms: inf
+    log_r = log_p - log_q
     if not p.has_rsample:
-        # score-function term: 0 in value; makes the gradient that of E_p[log p - log q]
-        log_r = log_r + log_r.detach() * (log_p - log_p.detach())
+        # score-function term: 0 in value (where log_r is inf too: inf * 0 would be NaN);
+        # makes the gradient that of E_p[log p - log q]
+        weight = torch.where(torch.isfinite(log_r), log_r, 0.0).detach()
+        log_r = log_r + weight * (log_p - log_p.detach())
     value = log_r.mean(0)
     stderr = log_r.detach().std(0) / math.sqrt(n)
     stderr = torch.where(torch.isfinite(value.detach()), stderr, math.inf)

@@ -33,17 +33,16 @@ def _one_of(name: str, value: Any, valid: tuple[str, ...]) -> str:
     return value
 
 
-def _axes(name: str, value: Any, *, allow_none: bool = True) -> Any:
+def _axes(name: str, value: Any) -> Any:
     """A static check of an axis option: an int, a tuple of distinct ints (or ``None``)."""
-    if value is None and allow_none:
+    if value is None:
         return None
     items = value if isinstance(value, tuple) else (value,)
     if isinstance(value, list):
         items = tuple(value)
     ok = items and all(isinstance(a, int) and not isinstance(a, bool) for a in items)
     if not ok:
-        expected = "an int or a tuple of ints" + (" (or None)" if allow_none else "")
-        raise bad(name, expected, describe(value))
+        raise bad(name, "an int or a tuple of ints (or None)", describe(value))
     if len(set(items)) != len(items):
         raise bad(name, "distinct axes", repr(value))
     return tuple(items) if isinstance(value, (tuple, list)) else value
@@ -210,9 +209,9 @@ class CategoricalKLLoss(_KLLoss):
         super().__init__()
         self.p_param = _one_of("p_param", p_param, _CATEGORICAL)
         self.q_param = _one_of("q_param", q_param, _CATEGORICAL)
-        self.axis = _axes("axis", axis, allow_none=False)
-        if isinstance(self.axis, tuple):
+        if isinstance(axis, bool) or not isinstance(axis, int):
             raise bad("axis", "an int", describe(axis))
+        self.axis = axis
         self.event_axis = _axes("event_axis", event_axis)
         self.reduction = _reduction(reduction)
 
