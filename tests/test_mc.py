@@ -7,6 +7,7 @@ about 6e-5 per check if the code is right), so a failure means a bias, not bad l
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -439,3 +440,25 @@ def test_bad_p_and_q():
         mc.kl(p, lambda x: 1.0, num_samples=3, seed=0)
     with pytest.raises(kldiv.KLDivError, match="mask"):
         mc.kl(p, Normal.standard(), num_samples=3, seed=0, mask=np.ones(3), reduction="mean")
+
+
+def test_infinite_kl_has_infinite_stderr_not_nan(xp):
+    """q = 0 where p draws: the KL is +inf, and so is its standard error (it was NaN, with a
+    RuntimeWarning from inf - inf in NumPy)."""
+    p = Categorical(probs=xp.asarray([0.5, 0.5]))
+    q = Categorical(probs=xp.asarray([1.0, 0.0]))
+    for estimator in ("k1", "k3", "entropy"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            est = mc.kl(p, q, num_samples=100, estimator=estimator, seed=0)
+        assert xp.np(est.value) == np.inf and xp.np(est.stderr) == np.inf
+
+
+def test_seeds_out_of_range_for_torch_and_jax_raise():
+    torch = pytest.importorskip("torch")
+    jax = pytest.importorskip("jax")
+    for loc in (torch.zeros(2), jax.numpy.zeros(2)):
+        with pytest.raises(
+            kldiv.KLDivError, match=r"seed: expected a non-negative int below 2\*\*63"
+        ):
+            mc.kl(Normal(loc, std=1.0), Normal.standard(), num_samples=3, seed=2**70)

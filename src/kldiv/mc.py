@@ -79,6 +79,7 @@ from .errors import KLDivError, bad, describe
 ESTIMATORS = ("auto", "k1", "k2", "k3", "entropy")
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_MAX_SEED = 2**63  # what torch.manual_seed and jax.random.key accept
 
 
 class BiasWarning(UserWarning):
@@ -252,6 +253,8 @@ class _Draws:
                 raise bad("seed", "a non-negative int", describe(seed)) from None
             if seed < 0:
                 raise bad("seed", "a non-negative int", str(seed))
+            if lib in ("jax", "torch") and seed >= _MAX_SEED:
+                raise bad("seed", f"a non-negative int below 2**63 for {lib} arrays", str(seed))
         self.key = None
         self.torch_gen = None
         self.rng = None
@@ -526,7 +529,9 @@ def _mean_and_stderr(xp: Any, g: Any, n: int) -> tuple[Any, Any]:
     mean = xp.mean(g, axis=0)
     if n == 1:
         return mean, xp.full_like(mean, math.inf)
-    dev = g - mean
+    # an infinite KL (q = 0 where p draws): deviations from 0, so the standard error is
+    # infinite too, not inf - inf = NaN
+    dev = g - xp.where(xp.isinf(mean), xp.zeros_like(mean), mean)
     var = xp.sum(dev * dev, axis=0) / (n - 1)
     return mean, xp.sqrt(var / n)
 
@@ -851,8 +856,8 @@ def _sample_generic(p: Any, n: int, seed: Any) -> Any:
     draw = p.rsample if reparam else p.sample
     if seed is None:
         return draw((n,))
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise bad("seed", "a non-negative int", describe(seed))
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _MAX_SEED:
+        raise bad("seed", "a non-negative int below 2**63", describe(seed))
     torch = sys.modules.get("torch")
     if torch is not None and type(p).__module__.startswith("torch"):
         with torch.random.fork_rng(devices=[]):

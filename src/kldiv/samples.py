@@ -30,7 +30,7 @@ discrete-valued data. The policy (``duplicates=``):
 
 - ``"dequantize"`` (default): if any point of ``x`` or ``y`` occurs twice, every coordinate gets
   uniform noise of the width of its resolution (the smallest gap between its distinct values in
-  x and y together, ignoring gaps below 1e-12 of its magnitude), drawn with ``seed``. Rounded
+  its own sample, x or y, ignoring gaps below 1e-12 of its magnitude), drawn with ``seed``. Rounded
   data is thereby read as the continuous data it was rounded from: the estimate is that of the
   KL between the data's histograms at its resolution. The result says so
   (``dequantized=True``) and ``kldiv estimate`` prints a note;
@@ -105,8 +105,8 @@ def _as_samples(name: str, a: Any) -> np.ndarray:
         raise bad(name, "a real numeric array of samples (n,) or (n, d)", describe(a))
     if arr.ndim == 1:
         arr = arr[:, None]
-    elif arr.ndim != 2:
-        raise bad(name, "samples of shape (n,) or (n, d)", f"shape {arr.shape}")
+    elif arr.ndim != 2 or arr.shape[1] == 0:
+        raise bad(name, "samples of shape (n,) or (n, d) with d >= 1", f"shape {arr.shape}")
     arr = arr.astype(np.float64)  # a copy: the input is never modified
     bad_rows = ~np.isfinite(arr).all(axis=1)
     if bad_rows.any():
@@ -164,11 +164,13 @@ def _resolution(column: np.ndarray) -> float:
 
 
 def _dequantize(x: np.ndarray, y: np.ndarray, seed: Any) -> tuple[np.ndarray, np.ndarray]:
-    z = np.concatenate([x, y])
-    h = np.array([_resolution(z[:, j]) for j in range(z.shape[1])])
+    # each sample at its own resolution: rounded x against continuous y must not keep x's
+    # spikes (a resolution taken from x and y together would be y's, near 0)
+    hx = np.array([_resolution(x[:, j]) for j in range(x.shape[1])])
+    hy = np.array([_resolution(y[:, j]) for j in range(y.shape[1])])
     rng = np.random.default_rng(seed)
-    x2 = x + h * (rng.random(x.shape) - 0.5)
-    y2 = y + h * (rng.random(y.shape) - 0.5)
+    x2 = x + hx * (rng.random(x.shape) - 0.5)
+    y2 = y + hy * (rng.random(y.shape) - 0.5)
     return x2, y2
 
 
@@ -240,9 +242,13 @@ def _kth_brute(
     size = max(16, math.isqrt(n_r))  # column group size
     groups = -(-n_r // size)
     n_groups = min(groups, kth + 2)
+    # the products are formed about the reference points' mean: far from the origin,
+    # |r|^2/2 - q.r would lose the digits that order the neighbours (distances are invariant)
+    center = ref.mean(axis=0)
+    ref_c = ref - center
     ref_aug = np.full((groups * size, d + 1), 0.0)
-    ref_aug[:n_r, :d] = -ref
-    ref_aug[:n_r, d] = 0.5 * np.einsum("ij,ij->i", ref, ref)
+    ref_aug[:n_r, :d] = -ref_c
+    ref_aug[:n_r, d] = 0.5 * np.einsum("ij,ij->i", ref_c, ref_c)
     ref_aug[n_r:, d] = 1e300  # padding: never a candidate
     ref_aug_t = np.ascontiguousarray(ref_aug.T)
     n_cand = min(kth + 3, n_r - (1 if self_excluded else 0))
@@ -252,7 +258,7 @@ def _kth_brute(
         b = stop - start
         q = query[start:stop]
         q_aug = np.empty((b, d + 1))
-        q_aug[:, :d] = q
+        q_aug[:, :d] = q - center
         q_aug[:, d] = 1.0
         h = q_aug @ ref_aug_t  # |r|^2/2 - q.r: the same order as the distance
         if self_excluded:
@@ -325,7 +331,7 @@ def _counts_within(
         return counts, far
     counts = np.empty(n, dtype=np.int64)
     far = np.empty(n)
-    rows = _block_rows(ref.shape[0], x.shape[1] if metric == "chebyshev" else 1)
+    rows = _block_rows(ref.shape[0], x.shape[1])  # the differences are (rows, n_ref, d)
     for start in range(0, n, rows):
         stop = min(start + rows, n)
         dist = _exact_dist(x[start:stop, None, :], ref[None, :, :], metric)
