@@ -40,9 +40,10 @@ DIRECTIONS = ("forward", "reverse", "jsd")
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Vocabulary-wide elements per chunk by default: about 1 MiB per float32 temporary for vocab_kl
-# (stays in the CPU caches), 16 MiB for the fused variant (the matmuls want taller chunks).
+# (stays in the CPU caches), 32 MiB for the fused variant (the matmuls want taller chunks:
+# measured at 4096 x 32000, hidden 1024, 262-token chunks ran 0.98x the naive time, 131 1.09x).
 _CHUNK_ELEMENTS = {"cpu": 1 << 18, "other": 1 << 24}
-_FUSED_CHUNK_ELEMENTS = {"cpu": 1 << 22, "other": 1 << 25}
+_FUSED_CHUNK_ELEMENTS = {"cpu": 1 << 23, "other": 1 << 25}
 
 
 @dataclass(frozen=True)
@@ -660,7 +661,7 @@ def fused_linear_vocab_kl(
         direction, beta, temperature, t2_scaling: as in :func:`vocab_kl`.
         mask, ignore_index, labels, reduction, normalizer: as in :func:`vocab_kl` (shapes
             ``(...)`` are the hidden states' leading shape).
-        chunk_size: tokens per chunk (default: about 2**22 vocabulary entries on CPU).
+        chunk_size: tokens per chunk (default: about 2**23 vocabulary entries on CPU).
 
     Returns:
         As :func:`vocab_kl`.
