@@ -475,12 +475,16 @@ def test_q_evaluated_outside_its_support_without_validation_errors():
     """Samples of p outside q's support give inf, not torch's validation error, also where q
     validates through an inner distribution (a mixture's components, Beta's Dirichlet) or where
     torch reports a larger support than the true one (an affine map of a Beta: Real)."""
-    beta = td.Beta(torch.tensor(2.0), torch.tensor(2.0))
+    # validation explicitly on: torch.compile (run earlier in the session) turns off the default
+    on = {"validate_args": True}
+    beta = td.Beta(torch.tensor(2.0), torch.tensor(2.0), **on)
     qs = [
         beta,
-        td.TransformedDistribution(beta, [AffineTransform(0.0, 2.0)]),
+        td.TransformedDistribution(beta, [AffineTransform(0.0, 2.0)], **on),
         td.MixtureSameFamily(
-            td.Categorical(torch.ones(2)), td.Gamma(torch.tensor([1.0, 2.0]), torch.ones(2))
+            td.Categorical(torch.ones(2), **on),
+            td.Gamma(torch.tensor([1.0, 2.0]), torch.ones(2), **on),
+            **on,
         ),
     ]
     for q in qs:
