@@ -422,7 +422,8 @@ def _runner_up_evidence(report: AuditReport, hypotheses: Sequence[Hypothesis], b
     if others:
         second = min(others, key=lambda h: h.result.error)
         report.evidence.append(
-            f"the next best reading ({second.label}) is off by {second.result.error:.2g} relative"
+            f"the next best reading ({_reading(second) or second.label}) is off by "
+            f"{second.result.error:.2g} relative"
         )
 
 
