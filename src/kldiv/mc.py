@@ -72,7 +72,7 @@ from .closed.bernoulli import _side_from_logits as _bernoulli_side_from_logits
 from .closed.bernoulli import _side_from_probs as _bernoulli_side_from_probs
 from .closed.categorical import side_of
 from .closed.mvn import factor
-from .closed.normal import standardized_gap
+from .closed.normal import standardized_gap, std_of
 from .dists import Bernoulli, Categorical, Distribution, MultivariateNormal, Normal
 from .errors import KLDivError, bad, describe
 
@@ -348,11 +348,7 @@ def _log_std(xp: Any, d: Normal) -> Any:
 
 
 def _normal_std(xp: Any, d: Normal) -> Any:
-    if d.param == "std":
-        return d.scale
-    if d.param == "var":
-        return xp.sqrt(d.scale)
-    return xp.exp(_log_std(xp, d))
+    return std_of(xp, d.param, d.scale)
 
 
 def _normal_log_prob(xp: Any, d: Normal, x: Any) -> Any:
@@ -517,10 +513,14 @@ def _default_estimator(p: Any) -> str:
 def _per_sample(xp: Any, estimator: str, log_p: Any, log_q: Any, entropy: Any) -> Any:
     if estimator == "entropy":
         return -entropy - log_q
-    ell = log_q - log_p
-    if estimator == "k1":
+    return _from_log_ratio(xp, estimator, log_q - log_p)
+
+
+def _from_log_ratio(xp: Any, name: str, ell: Any) -> Any:
+    """k1, k2 or k3 of ``ell = log q - log p`` (the one place for the three formulas)."""
+    if name == "k1":
         return -ell
-    if estimator == "k2":
+    if name == "k2":
         return 0.5 * (ell * ell)
     return _xp.phi(xp, ell)  # k3 = exp(ell) - 1 - ell, accurate and never negative
 
@@ -769,7 +769,7 @@ def _finish(
             normalizer=None,
         )
 
-    lp = per_distribution(log_p, True)
+    lp = per_distribution(log_p, True) if estimator != "entropy" else None  # not read then
     lq = per_distribution(log_q, True) if log_q_to_sum else log_q
     ent = per_distribution(entropy, False) if estimator == "entropy" else None
     g = _per_sample(xp, estimator, lp, lq, ent)
@@ -860,8 +860,9 @@ def _sample_generic(p: Any, n: int, seed: Any) -> Any:
         raise bad("seed", "a non-negative int below 2**63", describe(seed))
     torch = sys.modules.get("torch")
     if torch is not None and type(p).__module__.startswith("torch"):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        from .torch.bridge import _seeded  # one place that seeds and restores torch's state
+
+        with _seeded(torch.Generator().manual_seed(seed)):
             return draw((n,))
     raise KLDivError(
         f"seed: expected none for a p of type {type(p).__name__} (it draws with its own "
@@ -902,13 +903,7 @@ def _token_estimator(
             stacklevel=3,
         )
         ell = xp.clip(ell, lo, hi)
-    if name == "k1":
-        values = -ell
-    elif name == "k2":
-        values = 0.5 * (ell * ell)
-    else:
-        values = _xp.phi(xp, ell)
-    values = xp.broadcast_to(values, shape)
+    values = xp.broadcast_to(_from_log_ratio(xp, name, ell), shape)
     result = reduce(
         xp,
         values,

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._kl import kl as _exact_kl
+from ..closed.normal import std_of
 from ..dists import Categorical, Normal
 from ..errors import KLDivError, bad
 from ._fit import Fit, Probe, fit, format_factor
@@ -388,7 +389,7 @@ def _expectation(session, params, mask, args_for, side, sigma) -> tuple[np.ndarr
 
 
 def _sigma(s: np.ndarray, param: str) -> np.ndarray:
-    return {"std": s, "var": np.sqrt(s), "log_std": np.exp(s), "log_var": np.exp(0.5 * s)}[param]
+    return std_of(np, param, s)
 
 
 def audit_normal_sample(session: Session, roles: dict[str, str]) -> None:
@@ -662,7 +663,7 @@ def _other(side: str) -> str:
 def _tol(dtype: str) -> float:
     from ._fit import tolerance
 
-    return max(tolerance(dtype), 1e-9)
+    return tolerance(dtype)
 
 
 def _reduced_value(h: Hypothesis, i: int, result: Any) -> float:
