@@ -551,3 +551,245 @@ def gram_residual(xp: Any, a: Any, low: Any) -> Any:
                 s, err = _two_sum(s, -term)
                 c = c + err
     return s + c
+
+
+# ----------------------------------------------------------------------------------------------
+# Branch-free forms for the fast path. They are evaluated inside `closed_form` (below), which
+# supplies the gradient from each family's own formula, so they need no gradient of their own:
+# no `where` with safe inputs, only arithmetic, `maximum` and `copysign`, one pass each.
+# ----------------------------------------------------------------------------------------------
+
+#: ``expm1``'s relative error, per real dtype, bounding every backend measured (NumPy 2.3 ulp and
+#: XLA 4.4 ulp in float32, JAX 3 ulp in float64; SLEEF and CUDA 1 ulp). `tests/test_xp.py`
+#: checks each backend against it.
+_EXPM1_ERROR = {32: 8 * 2.0**-23, 64: 4 * 2.0**-52}
+
+#: phi(x) = exp(x) - 1 - x = sum_{k>=2} x**k / k!, truncated after an odd power: the remainder
+#: exp(xi) x**8 / 8! is >= 0 for every real x, so the polynomial never exceeds phi.
+_PHI_LOWER = tuple(1.0 / math.factorial(k) for k in range(2, 8))
+
+
+def _dtype_bits(xp: Any, x: Any) -> int:
+    return 64 if x.dtype == xp.float64 else 32
+
+
+def phi_fast(xp: Any, x: Any, e: Any = None) -> Any:
+    r"""``phi(x) = exp(x) - 1 - x`` without a branch: the larger of two lower estimates.
+
+    - the Taylor polynomial through ``x**7``, a lower bound of phi for every real ``x`` (its
+      remainder is ``e^xi x^8 / 8! >= 0``), accurate for ``|x|`` below about 0.5 (float32) or
+      0.03 (float64);
+    - ``expm1(x) - x`` less the bound on its rounding error (``expm1``'s relative error times
+      ``|expm1(x)|``), accurate where ``|x|`` is not small.
+
+    Where one is accurate the other is not larger, so the maximum is accurate everywhere: relative
+    error below 4e-6 in float32 and 1e-13 in float64 (tested against mpmath on every backend),
+    never negative, ``+inf`` for ``x = -inf``. ``e``, if given, is ``expm1(x)``, which callers
+    reuse for gradients. Temporaries are updated in place where the backend allows it.
+
+    >>> import numpy as np
+    >>> import array_api_compat.numpy as xp
+    >>> float(phi_fast(xp, np.asarray(1e-10)))
+    5.000000000166667e-21
+    """
+    if e is None:
+        e = xp.expm1(x)
+    kappa = _EXPM1_ERROR[_dtype_bits(xp, x)]
+    direct = e - x
+    if library_of(x) == "torch":
+        direct.sub_(e.abs(), alpha=kappa)
+    else:
+        direct -= kappa * xp.abs(e)
+    coef = _PHI_LOWER
+    acc = x * coef[-1]
+    acc += coef[-2]
+    for c in reversed(coef[:-2]):
+        acc *= x
+        acc += c
+    acc *= x
+    acc *= x
+    return xp.maximum(acc, direct)
+
+
+def log_ratio_fast(xp: Any, x: Any, y: Any) -> Any:
+    """``log(x / y)`` for positive ``x, y``, without a branch: ``±log1p(|x - y| / min(x, y))``.
+
+    ``x - y`` is exact when the two are within a factor of two (Sterbenz) and a relative rounding
+    otherwise, so the result keeps its relative accuracy both near ``x = y`` and far from it;
+    ``x = 0`` gives ``-inf``, ``y = 0`` gives ``+inf``.
+
+    >>> import numpy as np
+    >>> import array_api_compat.numpy as xp
+    >>> float(log_ratio_fast(xp, np.asarray(1.0 + 2**-40), np.asarray(1.0)))
+    9.094947017725146e-13
+    """
+    diff = x - y
+    return xp.copysign(xp.log1p(xp.abs(diff) / xp.minimum(x, y)), diff)
+
+
+# ----------------------------------------------------------------------------------------------
+# A closed form with its own gradient. Each family writes, once, a function
+#
+#     fn(xp, *args, need=(bool, ...), smooth=False) -> (value, partials)
+#
+# whose ``partials[i]`` is d value / d args[i] (None where ``need[i]`` is False), with the shape
+# of the broadcast arguments; ``value`` has that shape less ``axis`` when ``axis`` is given (a
+# family that sums a class axis), and then the chain rule broadcasts the incoming gradient along
+# it. ``smooth=True`` asks for partials that autodiff can differentiate again (no kinks such as
+# `log_ratio_fast`'s |x - y| at x = y), with no in-place updates. `closed_form` makes these the
+# gradient on every backend: a `torch.autograd.Function` (`kldiv._torch_ops`, which recomputes
+# the partials with autograd recording when a second derivative is asked for, so the Hessian is
+# the formula's too), a `jax.custom_jvp` (forward and reverse mode, any order), and a plain call
+# elsewhere. Autodiff then never differentiates through the branches of the value.
+#
+# ``fn`` may return a third item, ``aux``, an array with no gradient (a flag per distribution).
+# ----------------------------------------------------------------------------------------------
+
+
+def closed_form(xp: Any, fn: Any, args: tuple, axis: int | None = None) -> Any:
+    """``fn``'s value, with ``fn``'s partials as its gradient (see the comment above).
+
+    ``fn`` may return a third item, ``aux``: an array that carries no gradient (a flag per
+    distribution, say); the result is then ``(value, aux)``.
+    """
+    lib = library_of(args[0])
+    if lib == "torch":
+        import torch
+
+        if torch.is_grad_enabled() and any(a.requires_grad for a in args):
+            from ._torch_ops import ClosedForm
+
+            return ClosedForm.apply(fn, axis, *args)
+    elif lib == "jax":
+        return _jax_closed_form()(fn, axis, *args)
+    res = fn(xp, *args, need=(False,) * len(args))
+    return (res[0], res[2]) if len(res) == 3 else res[0]
+
+
+_JAX_FN: list = []
+
+
+def _jax_closed_form() -> Any:
+    if _JAX_FN:
+        return _JAX_FN[0]
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+    def closed(fn: Any, axis: Any, *args: Any) -> Any:
+        res = fn(jnp, *args, need=(False,) * len(args))
+        return (res[0], res[2]) if len(res) == 3 else res[0]
+
+    def jvp(fn: Any, axis: Any, primals: tuple, tangents: tuple) -> tuple:
+        zero = jax.custom_derivatives.SymbolicZero
+        need = tuple(not isinstance(t, zero) for t in tangents)
+        res = fn(jnp, *primals, need=need, smooth=True)
+        value, partials = res[0], res[1]
+        out = None
+        for p, t in zip(partials, tangents, strict=True):
+            if p is None:
+                continue
+            term = p * t
+            if axis is not None:
+                term = jnp.sum(term, axis=axis)
+            term = jnp.broadcast_to(term, value.shape)
+            out = term if out is None else out + term
+        if out is None:
+            out = jnp.zeros_like(value)
+        if len(res) == 3:
+            aux = res[2]
+            return (value, aux), (out, np.zeros(aux.shape, dtype=jax.dtypes.float0))
+        return value, out
+
+    closed.defjvp(jvp, symbolic_zeros=True)
+    _JAX_FN.append(closed)
+    return closed
+
+
+# ----------------------------------------------------------------------------------------------
+# Refinement: a fast value where it vouches for itself, the exact evaluation elsewhere. Rare
+# regimes (infinities, point masses, nearly equal categoricals) must not charge the common path:
+# eagerly, the exact evaluation runs only on the entries that need it (and a fully finite,
+# accepted result costs one check); under tracing, `lax.cond` / `torch.cond` run it only when
+# some entry needs it.
+# ----------------------------------------------------------------------------------------------
+
+
+def is_concrete(x: Any) -> bool:
+    """Whether ``x``'s values can be read here (not a tracer, not under torch.compile)."""
+    lib = library_of(x)
+    if lib == "numpy":
+        return True
+    if lib == "torch":
+        import torch
+
+        if torch.compiler.is_compiling():
+            return False
+        return not torch._C._functorch.is_functorch_wrapped_tensor(x)
+    return False
+
+
+def refine(
+    xp: Any, value: Any, exact: Any, arrays: tuple, full_shape: tuple, ok: Any = None
+) -> Any:
+    """``value`` where ``ok`` (default: where it is finite), ``exact(*arrays)`` elsewhere.
+
+    ``value`` and ``ok`` have the per-distribution shape ``S``; ``arrays`` broadcast to
+    ``full_shape`` (``S`` plus trailing event axes), and ``exact`` maps arrays of shape
+    ``(n, *event)`` (or ``full_shape``) to their ``n`` (or ``S``) values.
+    """
+    lib = library_of(value)
+    if lib in ("numpy", "torch") and is_concrete(value):
+        if ok is None:
+            if bool(xp.isfinite(xp.sum(value))):  # terms are >= 0: a finite sum, all finite
+                return value
+            ok = xp.isfinite(value)
+        elif bool(xp.all(ok)):
+            return value
+        if value.ndim == 0 or not bool(xp.any(ok)):
+            full = [xp.broadcast_to(a, full_shape) for a in arrays]
+            return xp.astype(exact(*full), value.dtype)
+        bad = ~ok
+        sub = [xp.broadcast_to(a, full_shape)[bad] for a in arrays]
+        fixed = exact(*sub)
+        if lib == "torch":
+            return value.index_put((bad,), fixed.to(value.dtype))
+        out = np.array(value, copy=True)
+        out[bad] = fixed
+        return out
+    if ok is None:
+        pred = xp.isfinite(xp.sum(value))
+        ok = xp.isfinite(value)
+    else:
+        pred = xp.all(ok)
+
+    def select(value: Any, ok: Any, *arrays: Any) -> Any:
+        full = [xp.broadcast_to(a, full_shape) for a in arrays]
+        return xp.where(ok, value, xp.astype(exact(*full), value.dtype))
+
+    if lib == "jax":
+        import jax
+
+        return jax.lax.cond(pred, lambda v, *_: v, select, value, ok, *arrays)
+    if lib == "torch":
+        import torch
+
+        return torch.cond(pred, lambda v, *_: v.clone(), select, (value, ok, *arrays))
+    return select(value, ok, *arrays)
+
+
+def finite_partials(xp: Any, value: Any, partials: list, axis: int | None = None) -> list:
+    """``partials`` with 0 where ``value`` is not finite.
+
+    Such entries are replaced by the exact evaluation (:func:`refine`), so their incoming
+    gradient is 0, and 0 times an infinite or NaN partial would poison the gradient. Eagerly this
+    costs one sum when every value is finite; under tracing, one fused ``where`` per partial.
+    """
+    if is_concrete(value) and bool(xp.isfinite(xp.sum(value))):
+        return partials
+    keep = xp.isfinite(value)
+    if axis is not None:
+        keep = xp.expand_dims(keep, axis=axis)
+    return [None if p is None else xp.where(keep, p, xp.zeros_like(p)) for p in partials]

@@ -10,6 +10,13 @@ computed as a two-class :mod:`kldiv.closed.categorical` KL (same guarantees: nev
 ``[0, logit]``; from ``probs`` they are ``[1 - p, p]`` with the log-ratio of the zero class taken
 as ``log1p((p - q) / (1 - p))`` near equality (``p - q`` is exact, so ``1 - p`` is never rounded
 before it is compared) and as the log-ratio of ``1 - q`` and ``1 - p`` elsewhere.
+
+The fast evaluation (:func:`bernoulli_terms`) is branch-free: with ``w = (w1, w0)`` and
+``v = (v1, v0)`` the two sides' class probabilities and ``y_j = log(v_j / w_j)``,
+``KL = w1 phi(y1) + w0 phi(y0)``; from logits on both sides ``y1 = log1p(sigmoid(-b) expm1(b - a))``
+and ``y0 = log1p(sigmoid(b) expm1(a - b))``, exact to a few ulp near equality. Its gradient is the
+formula's own: ``v1 - w1 = w1 expm1(y1)`` for ``q``'s logit and ``w1 w0 (y0 - y1)`` for ``p``'s.
+Entries it leaves non-finite (probabilities 0 or 1, infinite logits) get the exact evaluation.
 """
 
 from __future__ import annotations
@@ -18,7 +25,17 @@ import math
 from typing import Any
 
 from .._registry import register_kl
-from .._xp import log_ratio, safe_log, xp_of
+from .._xp import (
+    closed_form,
+    finite_partials,
+    library_of,
+    log_ratio,
+    log_ratio_fast,
+    phi_fast,
+    refine,
+    safe_log,
+    xp_of,
+)
 from ..dists import Bernoulli
 from .categorical import Side, kl_from_sides, log_weight_ratio, side_from_logits
 
@@ -38,9 +55,8 @@ def _side_from_logits(xp: Any, logits: Any) -> Side:
     return side_from_logits(xp, xp.stack([first, xp.where(sure, zero, logits)], axis=-1), -1)
 
 
-@register_kl(Bernoulli, Bernoulli)
-def kl_bernoulli_bernoulli(p: Bernoulli, q: Bernoulli) -> Any:
-    """KL(p || q) for two ``Bernoulli`` specs, elementwise."""
+def kl_bernoulli_bernoulli_exact(p: Bernoulli, q: Bernoulli) -> Any:
+    """KL(p || q) for two ``Bernoulli`` specs, elementwise: the exact evaluation (every edge)."""
     xp = xp_of(p.value)
     pv, qv = xp.broadcast_arrays(p.value, q.value)
     if p.param == "probs" and q.param == "probs":
@@ -60,3 +76,82 @@ def kl_bernoulli_bernoulli(p: Bernoulli, q: Bernoulli) -> Any:
         sq = _side_from_probs(xp, qv) if q.param == "probs" else _side_from_logits(xp, qv)
         delta = log_weight_ratio(xp, sp, sq)
     return kl_from_sides(xp, sp, sq, delta, -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# the fast evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def _classes(xp: Any, x: Any, param: str) -> tuple[Any, Any]:
+    """P(X = 1) and P(X = 0), each to full relative accuracy."""
+    if param == "probs":
+        return x, 1.0 - x
+    return _sigmoid(xp, x), _sigmoid(xp, -x)
+
+
+def _sigmoid(xp: Any, x: Any) -> Any:
+    if library_of(x) == "torch":
+        return x.sigmoid()
+    return 1.0 / (1.0 + xp.exp(-x))
+
+
+_TERMS: dict = {}  # one function per pair: JAX and torch.compile see the same object each call
+
+
+def bernoulli_terms(param_p: str, param_q: str) -> Any:
+    """The fast evaluation for one pair of parametrizations, as a
+    :func:`kldiv._xp.closed_form` function of ``(p.value, q.value)``."""
+    key = (param_p, param_q)
+    if key in _TERMS:
+        return _TERMS[key]
+
+    def fn(xp: Any, a: Any, b: Any, need: tuple, smooth: bool = False) -> tuple:
+        w1, w0 = _classes(xp, a, param_p)
+        if param_p == param_q == "logits":
+            delta = b - a
+            e = xp.expm1(delta)
+            y1 = xp.log1p(_sigmoid(xp, -b) * e)
+            y0 = xp.log1p(_sigmoid(xp, b) * (-e / (1.0 + e)))
+        else:
+            v1, v0 = _classes(xp, b, param_q)
+            y1 = log_ratio_fast(xp, v1, w1)
+            if param_p == param_q == "probs":  # 1 - q against 1 - p from the exact p - q
+                diff = a - b
+                y0 = xp.copysign(xp.log1p(xp.abs(diff) / xp.minimum(w0, v0)), diff)
+            else:
+                y0 = log_ratio_fast(xp, v0, w0)
+        e1, e0 = xp.expm1(y1), xp.expm1(y0)
+        value = w1 * phi_fast(xp, y1, e1)
+        value += w0 * phi_fast(xp, y0, e0)
+        grad_a = grad_b = None
+        if need[0]:
+            grad_a = y0 - y1
+            if param_p == "logits":
+                grad_a = grad_a * (w1 * w0)
+        if need[1]:
+            grad_b = w1 * e1  # = v1 - w1
+            if param_q == "probs":
+                grad_b = grad_b / (b * (1.0 - b))
+        partials = [grad_a, grad_b]
+        if any(need):
+            partials = finite_partials(xp, value, partials)
+        return value, partials
+
+    _TERMS[key] = fn
+    return fn
+
+
+@register_kl(Bernoulli, Bernoulli)
+def kl_bernoulli_bernoulli(p: Bernoulli, q: Bernoulli) -> Any:
+    """KL(p || q) for two ``Bernoulli`` specs, elementwise."""
+    xp = xp_of(p.value)
+    a, b = p.value, q.value
+    value = closed_form(xp, bernoulli_terms(p.param, q.param), (a, b))
+
+    def exact(ra: Any, rb: Any) -> Any:
+        return kl_bernoulli_bernoulli_exact(
+            p._replace(**{p.param: ra}), q._replace(**{q.param: rb})
+        )
+
+    return refine(xp, value, exact, (a, b), tuple(value.shape))

@@ -28,7 +28,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._registry import register_kl
-from .._xp import _two_sum, log_ratio, safe_log, weighted_phi, xp_of
+from .._xp import (
+    _device,
+    _two_sum,
+    broadcast_shapes,
+    closed_form,
+    finite_partials,
+    has_float64,
+    is_concrete,
+    library_of,
+    log_ratio,
+    log_ratio_fast,
+    refine,
+    safe_log,
+    weighted_phi,
+    xp_of,
+)
 from ..dists import Categorical
 
 _NEAR = 0.5  # |x| below which the expm1-weighted sum is used instead of a difference
@@ -135,15 +150,209 @@ def kl_from_sides(xp: Any, p: Side, q: Side, delta: tuple[Any, Any], axis: int) 
     return xp.sum(t, axis=axis)
 
 
+def kl_rows_exact(xp: Any, a: Any, param_p: str, b: Any, param_q: str, axis: int = -1) -> Any:
+    """KL(p || q) summed over ``axis`` of arrays ``a`` (p, given as ``param_p``) and ``b``: the
+    exact evaluation, every edge case (zeros, ``-inf`` logits, NaN)."""
+    sp = side_from_probs(xp, a, axis) if param_p == "probs" else side_from_logits(xp, a, axis)
+    sq = side_from_probs(xp, b, axis) if param_q == "probs" else side_from_logits(xp, b, axis)
+    if param_p == "probs" and param_q == "probs":
+        delta = log_weight_ratio(xp, sp, sq, a, b)
+    else:
+        delta = log_weight_ratio(xp, sp, sq)
+    return kl_from_sides(xp, sp, sq, delta, axis)
+
+
+# ----------------------------------------------------------------------------------------------
+# the fast evaluation
+#
+# x_i = delta_i - c with delta = log(w_q / w_p) straight from the inputs and c = log(Z_q / Z_p)
+# from the two log-normalizers; KL = sum_i p_i (expm1(x_i) - x_i), the gradient q - p = p expm1(x)
+# for q's logits and -p (x + KL) for p's. Stationary in c, so c's rounding enters at second order.
+# Each row comes with a bound on its rounding error (below); rows the bound can't vouch for
+# (nearly equal rows, zeros, infinities, NaN) get the exact evaluation instead.
+# ----------------------------------------------------------------------------------------------
+
+_LOG_SPACE = ("logits", "log_probs")
+#: elements per chunk in eager evaluation: the temporaries of a chunk stay in cache
+CHUNK_ELEMENTS = 1 << 17
+#: the relative accuracy promised, by the precision (bits) of the working dtype
+_PROMISE = {24: 1e-5, 53: 1e-12}
+
+
+def _normalize(xp: Any, x: Any, param: str) -> tuple[Any, Any, Any]:
+    """(probabilities, log-normalizer, an upper bound of -log p) along the last axis."""
+    if param == "probs":
+        total = xp.sum(x, axis=-1, keepdims=True)
+        log_total = xp.log(total)
+        return x / total, log_total, log_total - xp.log(xp.min(x, axis=-1, keepdims=True))
+    m = xp.max(x, axis=-1, keepdims=True)
+    if library_of(x) == "torch":
+        import torch
+
+        p = torch.softmax(x, dim=-1)
+        norm = m - xp.log(xp.max(p, axis=-1, keepdims=True))
+    else:
+        p = xp.exp(x - m)
+        total = xp.sum(p, axis=-1, keepdims=True)
+        p /= total
+        norm = m + xp.log(total)
+    return p, norm, norm - xp.min(x, axis=-1, keepdims=True)
+
+
+def _log_normalizer(xp: Any, x: Any, param: str) -> Any:
+    if param == "probs":
+        return xp.log(xp.sum(x, axis=-1, keepdims=True))
+    m = xp.max(x, axis=-1, keepdims=True)
+    if library_of(x) == "torch":
+        import torch
+
+        return m - xp.log(xp.max(torch.softmax(x, dim=-1), axis=-1, keepdims=True))
+    return m + xp.log(xp.sum(xp.exp(x - m), axis=-1, keepdims=True))
+
+
+def _rows(
+    xp: Any, a: Any, b: Any, kinds: tuple, need: tuple, smooth: bool, promise: float
+) -> tuple:
+    """(KL, accepted, d KL / d a, d KL / d b) for rows along the last axis.
+
+    ``accepted`` is where a bound on the rounding error is below a quarter of ``promise``
+    (relative). The bound adds up, per class: ``expm1``'s error, ``2u |q - p|``; the error of
+    ``delta``, ``u |q - p| r`` with ``r`` what rounded it; the normalizers' error ``D``, at first
+    order ``D |sum(q - p)|`` (0 unless a probability underflowed) and then ``D**2``; the error of
+    ``p``, ``u (-log p)`` relative; and that of the sum.
+    """
+    kp, kq = kinds
+    p, norm_p, spread = _normalize(xp, a, kp)
+    c = _log_normalizer(xp, b, kq) - norm_p
+    if kp in _LOG_SPACE and kq in _LOG_SPACE:
+        delta = b - a
+        r = None  # a difference rounds by at most u/2 of itself
+    elif kp == kq == "probs" and not smooth:
+        delta = log_ratio_fast(xp, b, a)
+        r = 2.0
+    else:
+        la = xp.log(a) if kp == "probs" else a
+        lb = xp.log(b) if kq == "probs" else b
+        delta = lb - la
+        r = xp.abs(la) + xp.abs(lb) + 2.0
+    x = delta - c
+    e = xp.expm1(x)
+    pe = p * e  # = q - p
+    residual = xp.abs(xp.sum(pe, axis=-1))
+    abs_pe = xp.abs(pe)
+    s1 = xp.sum(abs_pe, axis=-1)
+    if smooth:  # no in-place updates: autograd may differentiate this again
+        s_r = xp.sum(xp.abs(delta * pe), axis=-1)
+        terms = (e - x) * p
+    else:
+        delta *= pe
+        s_r = xp.sum(xp.abs(delta) if library_of(delta) != "torch" else delta.abs_(), axis=-1)
+        e -= x
+        e *= p
+        terms = e
+    if r is None:
+        s_r = 0.5 * s_r
+    else:
+        s_r = s_r + xp.sum(r * abs_pe, axis=-1)
+    kl = xp.sum(terms, axis=-1)
+    bits = 53 if a.dtype == xp.float64 else 24
+    u = 2.0**-bits
+    v = a.shape[-1]
+    norm_q = norm_p + c
+    shift = 4 * u * (xp.abs(norm_p[..., 0]) + xp.abs(norm_q[..., 0]) + v.bit_length())
+    bound = u * (2 * s1 + s_r + (4 + v.bit_length() + 0.5 * spread[..., 0]) * kl)
+    bound = bound + shift * residual + shift * shift * (1 + residual)
+    # p = q exactly: delta is 0 everywhere (then c is 0, and no rounding hid a difference)
+    ok = (bound <= 0.25 * promise * kl) | ((s1 == 0) & (c[..., 0] == 0))
+    grad_a = grad_b = None
+    if need[1]:
+        grad_b = pe / b if kq == "probs" else pe
+    if need[0]:
+        grad_a = -(x + kl[..., None]) * p
+        if kp == "probs":
+            grad_a = grad_a / a
+    return kl, ok, grad_a, grad_b
+
+
+_TERMS: dict = {}  # one function per pair: JAX and torch.compile see the same object each call
+
+
+def categorical_terms(param_p: str, param_q: str, promise: float | None = None) -> Any:
+    """The fast evaluation for one pair of parametrizations (class axis last), as a
+    :func:`kldiv._xp.closed_form` function returning ``(KL, partials, accepted)``. Rows are
+    accepted where the error bound is below a quarter of ``promise`` (default: the promise of the
+    arrays' own dtype; a float32 input evaluated in float64 needs only float32's).
+
+    Eagerly (NumPy, PyTorch outside compile), rows go in chunks of about
+    :data:`CHUNK_ELEMENTS` elements, so that the temporaries of a chunk stay in cache.
+    """
+    key = (param_p, param_q, promise)
+    if key in _TERMS:
+        return _TERMS[key]
+    kinds = (param_p, param_q)
+
+    def fn(xp: Any, a: Any, b: Any, need: tuple, smooth: bool = False) -> tuple:
+        v = a.shape[-1]
+        target = promise or _PROMISE[53 if a.dtype == xp.float64 else 24]
+        if smooth or not is_concrete(a) or a.shape != b.shape or a.ndim < 2:
+            kl, ok, ga, gb = _rows(xp, a, b, kinds, need, smooth, target)
+            grads = finite_partials(xp, kl, [ga, gb], axis=-1) if any(need) else [ga, gb]
+            return kl, grads, ok
+        batch = tuple(a.shape[:-1])
+        a2, b2 = xp.reshape(a, (-1, v)), xp.reshape(b, (-1, v))
+        n = a2.shape[0]
+        step = max(1, CHUNK_ELEMENTS // v)
+        if step >= n:
+            kl, ok, ga, gb = _rows(xp, a2, b2, kinds, need, smooth, target)
+        else:
+            kl = xp.empty((n,), dtype=a.dtype, device=a2.device)
+            ok = xp.empty((n,), dtype=xp.bool, device=a2.device)
+            ga = xp.empty_like(a2) if need[0] else None
+            gb = xp.empty_like(b2) if need[1] else None
+            for i in range(0, n, step):
+                j = min(i + step, n)
+                k_, o_, ga_, gb_ = _rows(xp, a2[i:j], b2[i:j], kinds, need, smooth, target)
+                kl[i:j], ok[i:j] = k_, o_
+                if ga is not None:
+                    ga[i:j] = ga_
+                if gb is not None:
+                    gb[i:j] = gb_
+        if any(need):
+            ga, gb = finite_partials(xp, kl, [ga, gb], axis=-1)
+        shape = (*batch, v)
+        grads = [None if g is None else xp.reshape(g, shape) for g in (ga, gb)]
+        return xp.reshape(kl, batch), grads, xp.reshape(ok, batch)
+
+    _TERMS[key] = fn
+    return fn
+
+
 @register_kl(Categorical, Categorical)
 def kl_categorical_categorical(p: Categorical, q: Categorical) -> Any:
     """KL(p || q) for two ``Categorical`` specs, summed over their class axis."""
     xp = xp_of(p.value)
     ndim = max(len(p.value.shape), len(q.value.shape))
     axis = p._event_axis(ndim) - ndim  # negative: the same axis in both, whatever their ranks
-    sp, sq = side_of(xp, p, axis), side_of(xp, q, axis)
-    if p.param == "probs" and q.param == "probs":
-        delta = log_weight_ratio(xp, sp, sq, p.value, q.value)
+    a, b = p.value, q.value
+    if axis != -1:
+        a, b = xp.moveaxis(a, axis, -1), xp.moveaxis(b, axis, -1)
+    kinds = (p.param, q.param)
+    value, ok = closed_form(xp, categorical_terms(*kinds), (a, b), axis=-1)
+    full = broadcast_shapes({"p": tuple(a.shape), "q": tuple(b.shape)})
+
+    def careful(ra: Any, rb: Any) -> Any:
+        return kl_rows_exact(xp, ra, kinds[0], rb, kinds[1])
+
+    if a.dtype == xp.float32 and has_float64(xp, _device(a)):
+        # The rows float32 can't vouch for, evaluated again in float64 (float32's promise is
+        # then easy to meet); what that still can't vouch for gets the careful evaluation.
+        def exact(ra: Any, rb: Any) -> Any:
+            wide = (xp.astype(ra, xp.float64), xp.astype(rb, xp.float64))
+            fn = categorical_terms(*kinds, promise=_PROMISE[24])
+            v, ok2 = closed_form(xp, fn, wide, axis=-1)
+            shape = broadcast_shapes({"p": tuple(ra.shape), "q": tuple(rb.shape)})
+            return xp.astype(refine(xp, v, careful, (ra, rb), shape, ok=ok2), xp.float32)
     else:
-        delta = log_weight_ratio(xp, sp, sq)
-    return kl_from_sides(xp, sp, sq, delta, axis)
+        exact = careful
+
+    return refine(xp, value, exact, (a, b), full, ok=ok)

@@ -3,15 +3,25 @@ r"""KL divergence between two univariate normal distributions.
 .. math::
 
     \mathrm{KL}(\mathcal N(\mu_p, \sigma_p^2) \,\|\, \mathcal N(\mu_q, \sigma_q^2))
-    = \tfrac12\Big(\varphi(d) + \frac{(\mu_p - \mu_q)^2}{\sigma_q^2}\Big),\qquad
-    d = \log\frac{\sigma_p^2}{\sigma_q^2},\quad \varphi(d) = e^d - 1 - d \ge 0.
+    = \tfrac12\Big(\varphi(d) + z^2\Big),\qquad
+    d = \log\frac{\sigma_p^2}{\sigma_q^2},\quad z = \frac{\mu_p - \mu_q}{\sigma_q},\quad
+    \varphi(d) = e^d - 1 - d \ge 0.
 
 Both terms are non-negative, so the sum has no cancellation and is never negative. The
 log-variance ratio ``d`` is taken from the inputs as directly as their parametrization allows:
-a difference of the inputs for ``log_std``/``log_var``, :func:`kldiv._xp.log_ratio` for
-``std``/``var`` (so two close scales keep their relative accuracy), and a conversion to
-log-variance only when the two sides use different parametrizations. ``Normal.standard()``
-takes the other side's parametrization, exactly.
+a difference of the inputs for ``log_std``/``log_var``, a log-ratio of two close scales taken from
+their exact difference for ``std``/``var``, and a conversion to log-variance only when the two
+sides use different parametrizations. ``Normal.standard()`` takes the other side's
+parametrization, exactly.
+
+Two evaluations of the one formula:
+
+- the fast one (:func:`normal_terms`): branch-free (:func:`kldiv._xp.phi_fast`,
+  :func:`kldiv._xp.log_ratio_fast`), with the gradient from the formula's own partial derivatives,
+  ``dKL/dd = expm1(d)/2`` and ``dKL/dz = z``;
+- the exact one (:func:`kl_normal_normal_exact`), which also handles what the fast one leaves
+  non-finite: point masses, gaps whose square overflows before the KL does. Entries the fast one
+  leaves finite are final.
 """
 
 from __future__ import annotations
@@ -20,7 +30,17 @@ import math
 from typing import Any
 
 from .._registry import register_kl
-from .._xp import log_ratio, log_ratio_of_square, weighted_phi, xp_of
+from .._xp import (
+    closed_form,
+    finite_partials,
+    log_ratio,
+    log_ratio_fast,
+    log_ratio_of_square,
+    phi_fast,
+    refine,
+    weighted_phi,
+    xp_of,
+)
 from ..dists import Normal
 
 #: How each parametrization turns into log-variance (used only across parametrizations).
@@ -96,9 +116,8 @@ def _divide_by_sigma(xp: Any, v: Any, q: Normal) -> Any:
     return (v * half) * half
 
 
-@register_kl(Normal, Normal)
-def kl_normal_normal(p: Normal, q: Normal) -> Any:
-    """KL(p || q) for two ``Normal`` specs, elementwise (see the module docstring)."""
+def kl_normal_normal_exact(p: Normal, q: Normal) -> Any:
+    """KL(p || q) for two ``Normal`` specs, elementwise: the exact evaluation, every edge case."""
     xp = xp_of(p.loc)
     d = log_var_ratio(xp, p, q)
     z = standardized_gap(xp, p.loc, q)
@@ -106,3 +125,125 @@ def kl_normal_normal(p: Normal, q: Normal) -> Any:
     point_mass = q.scale == (-math.inf if q.param in ("log_std", "log_var") else 0.0)
     half_z2 = xp.where(point_mass, math.inf, (0.5 * z) * z)
     return weighted_phi(xp, 0.5, -math.log(2.0), d) + half_z2  # halves: no early overflow
+
+
+# ----------------------------------------------------------------------------------------------
+# the fast evaluation
+# ----------------------------------------------------------------------------------------------
+
+#: d(log variance) / d(scale), and d(log sigma) / d(scale), by parametrization (``s`` the scale).
+_DLOGVAR = {"std": lambda s: 2.0 / s, "var": lambda s: 1.0 / s, "log_std": 2.0, "log_var": 1.0}
+_DLOGSIGMA = {"std": lambda s: 1.0 / s, "var": lambda s: 0.5 / s, "log_std": 1.0, "log_var": 0.5}
+
+
+def _inv_sigma(xp: Any, param: str, s: Any) -> Any:
+    if param == "std":
+        return 1.0 / s
+    if param == "var":
+        return 1.0 / xp.sqrt(s)
+    return xp.exp((-1.0 if param == "log_std" else -0.5) * s)
+
+
+def _ratio_term(xp: Any, kind_p: str, sp: Any, kind_q: str, sq: Any, smooth: bool) -> Any:
+    """``d = log(var_p / var_q)`` (``None`` for a standard side); ``smooth``: differentiable
+    twice (the exact evaluation's log-ratio) rather than branch-free."""
+    ratio = log_ratio if smooth else log_ratio_fast
+    if sq is None:
+        return _TO_LOG_VAR[kind_p](xp, sp)
+    if sp is None:
+        return -_TO_LOG_VAR[kind_q](xp, sq)
+    if kind_p == kind_q == "std":
+        return 2.0 * ratio(xp, sp, sq)
+    if kind_p == kind_q == "var":
+        return ratio(xp, sp, sq)
+    return _TO_LOG_VAR[kind_p](xp, sp) - _TO_LOG_VAR[kind_q](xp, sq)
+
+
+def _scaled(value: Any, param: str, table: dict, s: Any) -> Any:
+    f = table[param]
+    return value * (f if isinstance(f, float) else f(s))
+
+
+_TERMS: dict = {}  # one function per layout: JAX and torch.compile see the same object each call
+
+
+def normal_terms(kind_p: str, kind_q: str, p_standard: bool, q_standard: bool) -> Any:
+    """The fast evaluation for one pair of parametrizations, as a :func:`closed_form` function.
+
+    Its arguments are the arrays of the sides that are not ``Normal.standard()``, in the order
+    ``loc_p, scale_p, loc_q, scale_q``.
+    """
+    key = (kind_p, kind_q, p_standard, q_standard)
+    if key in _TERMS:
+        return _TERMS[key]
+
+    def fn(xp: Any, *args: Any, need: tuple, smooth: bool = False) -> tuple:
+        it = iter(args)
+        mp, sp = (None, None) if p_standard else (next(it), next(it))
+        mq, sq = (None, None) if q_standard else (next(it), next(it))
+        d = _ratio_term(xp, kind_p, sp, kind_q, sq, smooth)
+        e = xp.expm1(d)
+        gap = mp if mq is None else (-mq if mp is None else mp - mq)
+        inv = None if sq is None else _inv_sigma(xp, kind_q, sq)
+        z = gap if inv is None else gap * inv
+        value = phi_fast(xp, d, e)
+        value += z * z
+        value *= 0.5
+        partials: list = []
+        if not p_standard:
+            partials += [
+                (z if inv is None else z * inv) if need[0] else None,
+                _scaled(0.5 * e, kind_p, _DLOGVAR, sp) if need[1] else None,
+            ]
+        if not q_standard:
+            k = 0 if p_standard else 2
+            partials += [
+                -(z if inv is None else z * inv) if need[k] else None,
+                (
+                    -_scaled(0.5 * e, kind_q, _DLOGVAR, sq) - _scaled(z * z, kind_q, _DLOGSIGMA, sq)
+                    if need[k + 1]
+                    else None
+                ),
+            ]
+        if any(need):
+            partials = finite_partials(xp, value, partials)
+        return value, partials
+
+    _TERMS[key] = fn
+    return fn
+
+
+def _fast_args(p: Normal, q: Normal) -> tuple[tuple, str, str]:
+    """The arrays the fast evaluation takes, and the two parametrizations (a standard side takes
+    the other side's, exactly as the exact evaluation does)."""
+    args: tuple = ()
+    if not p.standard_:
+        args += (p.loc, p.scale)
+    if not q.standard_:
+        args += (q.loc, q.scale)
+    kind_p = q.param if p.standard_ else p.param
+    kind_q = p.param if q.standard_ else q.param
+    return args, kind_p, kind_q
+
+
+@register_kl(Normal, Normal)
+def kl_normal_normal(p: Normal, q: Normal) -> Any:
+    """KL(p || q) for two ``Normal`` specs, elementwise (see the module docstring)."""
+    xp = xp_of(p.loc)
+    if {p.param, q.param} == {"std", "var"} and not (p.standard_ or q.standard_):
+        return kl_normal_normal_exact(p, q)  # s**2 against v needs Dekker's product
+    if p.standard_ and q.standard_:
+        return kl_normal_normal_exact(p, q)
+    args, kind_p, kind_q = _fast_args(p, q)
+    fn = normal_terms(kind_p, kind_q, p.standard_, q.standard_)
+    value = closed_form(xp, fn, args)
+    shape = tuple(value.shape)
+    fields = ("loc", p.param, "loc", q.param)
+    arrays = (p.loc, p.scale, q.loc, q.scale)
+
+    def exact(*a: Any) -> Any:
+        sub_p = p if p.standard_ else p._replace(loc=a[0], **{fields[1]: a[1]})
+        sub_q = q if q.standard_ else q._replace(loc=a[2], **{fields[3]: a[3]})
+        return kl_normal_normal_exact(sub_p, sub_q)
+
+    return refine(xp, value, exact, arrays, shape)

@@ -1,0 +1,59 @@
+"""The PyTorch side of :func:`kldiv._xp.closed_form` (imported only once torch is in use).
+
+A module of its own, defined at import, so that ``torch.compile`` meets a class that already
+exists rather than tracing its definition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat.torch as txp
+import torch
+
+
+class ClosedForm(torch.autograd.Function):
+    """``fn``'s value with ``fn``'s partials as its gradient (see :func:`kldiv._xp.closed_form`).
+
+    The partials computed with the value are saved; when a second derivative is asked for
+    (``create_graph=True``), they are recomputed with autograd recording, so the Hessian is that
+    of the formula too.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, fn: Any, axis: Any, *args: Any) -> Any:
+        need = tuple(ctx.needs_input_grad[2:])
+        res = fn(txp, *args, need=need)
+        value, partials = res[0], res[1]
+        ctx.fn, ctx.axis, ctx.need = fn, axis, need
+        kept = [p for p in partials if p is not None]
+        ctx.save_for_backward(*args, *kept)
+        if len(res) == 3:
+            ctx.mark_non_differentiable(res[2])
+            return value, res[2]
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad: Any, *_: Any) -> Any:
+        saved = ctx.saved_tensors
+        n = len(ctx.need)
+        args = saved[:n]
+        if torch.is_grad_enabled():  # create_graph: the partials must be differentiable
+            partials = ctx.fn(txp, *args, need=ctx.need, smooth=True)[1]
+        else:
+            kept = iter(saved[n:])
+            partials = [next(kept) if need else None for need in ctx.need]
+        if grad.dim() and all(s == 0 for s in grad.stride()):
+            grad = grad.reshape(-1)[0]  # an expanded scalar (a sum's gradient): stay cheap
+        elif ctx.axis is not None:
+            grad = grad.unsqueeze(ctx.axis)
+        grads = []
+        for a, p in zip(args, partials, strict=True):
+            if p is None:
+                grads.append(None)
+                continue
+            g = p * grad
+            if tuple(g.shape) != tuple(a.shape):
+                g = g.sum_to_size(a.shape)
+            grads.append(g)
+        return (None, None, *grads)
