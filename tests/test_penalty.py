@@ -241,6 +241,21 @@ def test_on_policy_weight_of_one_with_its_gradient():
     torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
 
 
+def test_weighted_k3_has_the_per_token_gradient_of_the_straight_through_form():
+    """Off-policy, grad(w k3) = w (k3 + 1 - r) s = w delta s: DeepSeek-V3.2's form and
+    k3(gradient="k2") with a stopped weight agree token by token, not only in expectation."""
+    theta, ref, mu = _policies()
+    rows = theta.expand(K, K).clone().requires_grad_()
+    logp = torch.log_softmax(rows, -1).diagonal()
+    logr, logb = torch.log_softmax(ref, -1), torch.log_softmax(mu, -1)
+    a = penalty.k3(logp, logr, behavior_logprobs=logb, detach_weight=False)
+    b = penalty.k3(logp, logr, gradient="k2", behavior_logprobs=logb, detach_weight=True)
+    torch.testing.assert_close(a, b, rtol=1e-15, atol=0)
+    (ga,) = torch.autograd.grad(a.sum(), rows, retain_graph=True)
+    (gb,) = torch.autograd.grad(b.sum(), rows)
+    torch.testing.assert_close(ga, gb, rtol=1e-13, atol=1e-15)
+
+
 def test_clamped_k3_in_the_loss_drops_the_clamped_tokens_gradient():
     """verl's low_var_kl (k3 at most 10): tokens above the clamp get no gradient, so the
     expected gradient is E_pi[1{k3 < c} (1 - r) s], not grad KL(pi_ref || pi)."""
