@@ -182,9 +182,11 @@ def rlhf_reference(mode):
     m = mask.to(v.dtype)
     if mode == "token":
         loss = (v * m).sum() / m.sum()
-    elif mode == "seq":
+    elif mode == "seq":  # over the sequences with a valid token
         full = m.sum(-1) > 0
         loss = ((v * m).sum(-1)[full] / m.sum(-1)[full]).mean()
+    elif mode == "seq_all":  # over all sequences (verl, TRL): an empty one counts 0
+        loss = ((v * m).sum(-1) / m.sum(-1).clamp(min=1)).mean()
     else:  # Dr. GRPO: sum over tokens / (sequences * fixed length)
         loss = (v * m).sum() / (SEQS * 2 * HALF)
     loss.backward()
@@ -221,9 +223,15 @@ def rlhf_main(rank, world, out_dir):
     n_seq = global_normalizer(*weights)  # sequences with a valid token, each counted once
     seqs = [mb[0].shape[0] for mb in micro]  # every CP rank holds the same sequences
     n_dr = 2 * HALF * global_normalizer(*seqs, context_group=cp, replicated_over_context=True)
+    n_seq_all = global_normalizer(*seqs, context_group=cp, replicated_over_context=True)
     n_dr_wrong = 2 * HALF * global_normalizer(*seqs)  # counted once per CP rank: twice
     run("token", micro, lambda mod, i, mb: rlhf_loss(mod, *mb[:4], mask=mb[4], normalizer=n_tok))
     run("seq", micro, lambda mod, i, mb: rlhf_loss(mod, *mb[:4], mask=weights[i], normalizer=n_seq))
+    run(
+        "seq_all",
+        micro,
+        lambda mod, i, mb: rlhf_loss(mod, *mb[:4], mask=weights[i], normalizer=n_seq_all),
+    )
     run("drgrpo", micro, lambda mod, i, mb: rlhf_loss(mod, *mb[:4], mask=mb[4], normalizer=n_dr))
     run(
         "drgrpo_counted_twice",

@@ -141,11 +141,11 @@ def test_rlhf_normalizations_over_data_and_context_parallel_ranks(tmp_path):
     (one with no valid token in its second half, one with none at all): each normalization
     equals one process on the whole batch; Trainer's num_items_in_batch in its three cases."""
     ranks = run_ranks(4, tmp_path, "rlhf")
-    want = {mode: worker.rlhf_reference(mode) for mode in ("token", "seq", "drgrpo")}
+    modes = ("token", "seq", "seq_all", "drgrpo")
+    want = {mode: worker.rlhf_reference(mode) for mode in modes}
     for out in ranks:
-        assert_grads_close(out["token"], want["token"])
-        assert_grads_close(out["seq"], want["seq"])
-        assert_grads_close(out["drgrpo"], want["drgrpo"])
+        for mode in modes:
+            assert_grads_close(out[mode], want[mode])
         for name in ("hf_compute_loss_func", "hf_own_compute_loss", "hf_per_device_count"):
             assert_grads_close(out[name], want["token"])
         assert out["replicated"] == 4.0  # 2 sequences on each of 2 data-parallel ranks

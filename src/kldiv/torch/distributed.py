@@ -202,8 +202,10 @@ def global_normalizer(
     the mask of this rank's tokens, ``B`` its number of sequences and ``L`` a fixed length:
 
     - mean over valid tokens: ``mask=m, normalizer=global_normalizer(m, ...)``;
-    - mean over each sequence's tokens, then over sequences: ``w = sequence_weights(m,
-      context_group=...)``, ``mask=w, normalizer=global_normalizer(w, ...)``;
+    - mean over each sequence's tokens, then over the sequences: ``w = sequence_weights(m,
+      context_group=...)``, ``mask=w``, and ``normalizer=global_normalizer(B, context_group=...,
+      replicated_over_context=True)`` (all sequences, as verl and TRL) or
+      ``global_normalizer(w, ...)`` (the sequences with a valid token);
     - sum over tokens over ``B * L`` (Dr. GRPO): ``mask=m, normalizer=L * global_normalizer(B,
       context_group=..., replicated_over_context=True)`` (``context_group`` only under context
       parallelism; without it, ``global_normalizer(B)``).
