@@ -238,6 +238,61 @@ def test_estimate_reduce_and_masks():
     assert float(empty.value) == 0.0 and float(empty.stderr) == 0.0
 
 
+def test_masks_are_weights(xp):
+    """A non-bool mask weighs each distribution: sum(m v), sum(m v) / sum(m), sum(m v) / B, and
+    standard errors sqrt(sum(m^2 se^2)) / N; the (B, 1, T) form of VITS takes weights too."""
+    rng = np.random.default_rng(2)
+    loc = rng.normal(size=(2, 3, 5))
+    w = rng.random((2, 5)) * (rng.random((2, 5)) < 0.8)
+    p, q = Normal(xp.asarray(loc), std=0.7), Normal.standard()
+    per = mc.kl(p, q, num_samples=40, seed=3, event_axis=1)
+    v, se = xp.np(per.value), xp.np(per.stderr)
+    cases = {
+        "sum": (np.sum(w * v), np.sum(w**2 * se**2) ** 0.5),
+        "mean": (np.sum(w * v) / w.sum(), np.sum(w**2 * se**2) ** 0.5 / w.sum()),
+        "batchmean": (np.sum(w * v) / 2, np.sum(w**2 * se**2) ** 0.5 / 2),
+    }
+    for reduction, (value, stderr) in cases.items():
+        for mask in (xp.asarray(w), xp.asarray(w[:, None, :])):  # (B, T) and (B, 1, T)
+            est = mc.kl(p, q, num_samples=40, seed=3, event_axis=1, mask=mask, reduction=reduction)
+            assert xp.np(est.value) == pytest.approx(value, rel=1e-12)
+            assert xp.np(est.stderr) == pytest.approx(stderr, rel=1e-12)
+            red = per.reduce(mask=mask if mask.ndim == 2 else xp.asarray(w), reduction=reduction)
+            assert xp.np(red.value) == pytest.approx(value, rel=1e-12)
+            assert xp.np(red.stderr) == pytest.approx(stderr, rel=1e-12)
+    none = per.reduce(mask=xp.asarray(w), reduction="none")
+    np.testing.assert_allclose(xp.np(none.value), w * v, rtol=1e-12)
+    np.testing.assert_allclose(xp.np(none.stderr), w * se, rtol=1e-12)
+    # VITS with z_mask weights of shape (B, 1, T)
+    z_p, logs_q, m_p, logs_p = (rng.normal(size=(2, 3, 5)) for _ in range(4))
+    z = xp.asarray(w[:, None, :])
+    args = [xp.asarray(a) for a in (z_p, logs_q, m_p, logs_p)]
+    kl = np.sum(logs_p - logs_q - 0.5 + 0.5 * (z_p - m_p) ** 2 * np.exp(-2 * logs_p), axis=1)
+    got = mc.vits_kl(*args, mask=z, event_axis=1, reduction="mean")
+    assert xp.np(got) == pytest.approx(np.sum(w * kl) / w.sum(), rel=1e-12)
+    zero = mc.vits_kl(*args, mask=xp.asarray(np.zeros((2, 1, 5))), event_axis=1, reduction="mean")
+    assert xp.np(zero) == 0.0
+
+
+def test_validate_rejects_negative_or_non_finite_weights():
+    p, q = Normal(np.zeros((2, 3)), std=1.0), Normal.standard()
+    bad = np.array([[1.0, 0.5, -0.1], [1.0, 1.0, 1.0]])
+    with pytest.raises(kldiv.KLDivError, match=r"mask\[0, 2\]: expected a non-negative"):
+        mc.kl(p, q, num_samples=4, seed=0, mask=bad, reduction="mean", validate=True)
+    est = mc.kl(p, q, num_samples=4, seed=0)
+    with pytest.raises(kldiv.KLDivError, match=r"mask\[1, 0\]: expected a non-negative"):
+        est.reduce(mask=np.array([[1.0, 1.0, 1.0], [np.nan, 1.0, 1.0]]), validate=True)
+    x = np.zeros((2, 3, 4))
+    with pytest.raises(kldiv.KLDivError, match=r"mask\[0, 0, 1\]: expected a non-negative"):
+        mc.vits_kl(
+            x, x, x, x, event_axis=1, mask=np.array([[[1.0, np.inf, 0, 0]]] * 2), validate=True
+        )
+    with pytest.raises(kldiv.KLDivError, match="validate: expected True or False"):
+        mc.kl(p, q, num_samples=4, seed=0, validate=1)
+    # without validate, values are not read (jit-safe): a negative weight just weighs
+    assert np.isfinite(float(est.reduce(mask=bad, reduction="sum").value))
+
+
 # ----------------------------------------------------------------------------------------------
 # Backends, seeds, gradients
 # ----------------------------------------------------------------------------------------------
@@ -380,29 +435,7 @@ def test_clamp_warns_that_it_biases():
         mc.k1(np.zeros(2), np.ones(2), clamp=-1.0)
 
 
-def test_token_estimator_gradients_in_expectation():
-    """With samples held fixed: E[grad k1] = 0, E[grad k2] = grad KL(p || ref),
-    E[grad k3] = grad KL(ref || p); the expectation is taken exactly over the classes."""
-    torch = pytest.importorskip("torch")
-    gen = torch.Generator().manual_seed(0)
-    theta = torch.randn(6, generator=gen, dtype=torch.float64, requires_grad=True)
-    ref = torch.randn(6, generator=gen, dtype=torch.float64)
-    logp = torch.log_softmax(theta, -1)
-    logr = torch.log_softmax(ref, -1)
-    w = logp.exp().detach()  # the sampling distribution, held fixed
-    grads = {
-        name: torch.autograd.grad((w * fn(logp, logr)).sum(), theta, retain_graph=True)[0]
-        for name, fn in (("k1", mc.k1), ("k2", mc.k2), ("k3", mc.k3))
-    }
-    forward = torch.autograd.grad(
-        kldiv.kl(Categorical(logits=theta), Categorical(logits=ref)), theta, retain_graph=True
-    )[0]
-    reverse = torch.autograd.grad(
-        kldiv.kl(Categorical(logits=ref), Categorical(logits=theta)), theta
-    )[0]
-    torch.testing.assert_close(grads["k1"], torch.zeros_like(theta), atol=1e-14, rtol=0)
-    torch.testing.assert_close(grads["k2"], forward, atol=1e-12, rtol=1e-10)
-    torch.testing.assert_close(grads["k3"], reverse, atol=1e-12, rtol=1e-10)
+# (their expected gradients, in the loss and in the reward, on- and off-policy: test_penalty.py)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from .errors import KLDivError as KLDivError
 # isort: split
 from . import audit as audit
 from . import mc as mc
+from . import penalty as penalty
 from . import samples as samples
 from . import vae as vae
 from .audit import AuditReport as AuditReport

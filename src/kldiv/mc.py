@@ -46,7 +46,7 @@ Gradients. ``Normal`` and ``MultivariateNormal`` samples are reparameterized
 (:math:`x = \mu + L\varepsilon`), so gradients of ``value`` with respect to their parameters are
 unbiased estimates of the exact KL's gradient. Discrete samples are not differentiable: the
 gradient of ``value`` then reaches ``p``'s parameters only through :math:`\log p` with the
-samples held fixed (see :func:`k1`, :func:`k2`, :func:`k3` for what that gives).
+samples held fixed (see :mod:`kldiv.penalty` for what that gives).
 
 Standard errors. ``stderr`` is the sample standard deviation of :math:`g` (``ddof=1``) over
 :math:`\sqrt n`, per distribution; it is ``inf`` for one sample (unknown, not 0). Its interval
@@ -59,7 +59,6 @@ from __future__ import annotations
 import math
 import operator
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -76,14 +75,20 @@ from .closed.normal import standardized_gap, std_of
 from .dists import Bernoulli, Categorical, Distribution, MultivariateNormal, Normal
 from .errors import KLDivError, bad, describe
 
+# k1, k2, k3 on per-token log-probabilities live in kldiv.penalty (one place for the formulas);
+# kldiv.mc.k1/k2/k3 and mc.BiasWarning are kept as re-exports.
+from .penalty import BiasWarning as BiasWarning
+from .penalty import _check_weights, _from_log_ratio, _reduce_weighted, _weights
+from .penalty import k1 as k1
+from .penalty import k2 as k2
+from .penalty import k3 as k3
+
+__all__ = ["ESTIMATORS", "BiasWarning", "Estimate", "k1", "k2", "k3", "kl", "vits_kl"]
+
 ESTIMATORS = ("auto", "k1", "k2", "k3", "entropy")
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _MAX_SEED = 2**63  # what torch.manual_seed and jax.random.key accept
-
-
-class BiasWarning(UserWarning):
-    """A requested option biases a Monte Carlo estimate (e.g. clamping the log-ratio)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,16 +125,24 @@ class Estimate:
         _register_pytree_if_jax_loaded()
 
     def reduce(
-        self, *, mask: Any = None, reduction: str = "mean", normalizer: Any = None
+        self,
+        *,
+        mask: Any = None,
+        reduction: str = "mean",
+        normalizer: Any = None,
+        validate: bool = False,
     ) -> Estimate:
         """The estimate of a reduction of the per-distribution values (core semantics).
 
-        ``mask``, ``reduction`` and ``normalizer`` are those of :func:`kldiv.kl` (the mask
-        broadcasts against the per-distribution shape); the standard error assumes
-        independent estimates, as :func:`kl` and :func:`vits_kl` produce.
+        ``mask`` (non-negative weights; bool is the 0/1 case), ``reduction`` and
+        ``normalizer`` are those of :func:`kldiv.kl` (the mask broadcasts against the
+        per-distribution shape); the standard error assumes independent estimates, as
+        :func:`kl` and :func:`vits_kl` produce. ``validate=True`` rejects negative or
+        non-finite weights.
         """
         check_reduction(reduction, normalizer)
         xp = _xp.xp_of(self.value)
+        mask = _prepare_mask(xp, mask, _xp.device_of({"value": self.value}), validate)
         shape = tuple(self.value.shape)
         value, stderr = _reduce_pair(
             xp, self.value, self.stderr, shape, (), mask, reduction, normalizer
@@ -179,8 +192,9 @@ def _reduce_pair(
     """Reduce per-distribution ``value`` and ``stderr`` (independent estimates).
 
     ``value`` has the per-distribution shape: ``in_shape`` less ``event_axes``. The reduction is
-    a linear map ``L(v) = sum(m v) / N``; the variance of ``L(v)`` is ``sum(m se^2) / N^2``,
-    computed as ``L(se^2) * L(1) / sum(m)`` so that every reduction goes through the core.
+    a linear map ``L(v) = sum(m v) / N`` (``m`` the mask's weights); the variance of ``L(v)`` is
+    ``sum(m^2 se^2) / N^2``, computed as ``L(m se^2) * L(1) / sum(m)`` so that every reduction
+    goes through the core.
     """
 
     def core(v: Any, red: str, norm: Any) -> Any:
@@ -188,6 +202,10 @@ def _reduce_pair(
 
     out = core(value, reduction, normalizer)
     var = stderr * stderr
+    if mask is not None and mask.dtype != xp.bool:  # weights: the variance scales by m^2
+        kept = tuple(1 if i in event_axes else s for i, s in enumerate(in_shape))
+        w = _weights(xp, mask, kept, event_axes, tuple(value.shape), var.dtype)
+        var = xp.where(w != 0, w * var, xp.zeros_like(var))
     if reduction == "none" and normalizer is None:
         return out, xp.sqrt(core(var, "none", None))
     ones = xp.ones_like(value)
@@ -214,7 +232,7 @@ def _per_distribution_reduce(
     kept = tuple(1 if i in event_axes else s for i, s in enumerate(in_shape))
     if event_axes:
         values = xp.reshape(values, kept)
-    return reduce(
+    return _reduce_weighted(
         xp,
         values,
         in_shape=kept,
@@ -224,6 +242,23 @@ def _per_distribution_reduce(
         reduction=reduction,
         normalizer=normalizer,
     )
+
+
+def _check_validate(validate: Any) -> None:
+    if not isinstance(validate, bool):
+        raise bad("validate", "True or False", describe(validate))
+
+
+def _prepare_mask(xp: Any, mask: Any, device: Any, validate: Any) -> Any:
+    """``mask`` as an array of ``xp`` (Python lists too); ``validate`` checks its weights."""
+    _check_validate(validate)
+    if mask is None:
+        return None
+    if _xp.library_of(mask) is None:
+        mask = xp.asarray(mask) if device is None else xp.asarray(mask, device=device)
+    if validate:
+        _check_weights("mask", mask)
+    return mask
 
 
 # ----------------------------------------------------------------------------------------------
@@ -516,15 +551,6 @@ def _per_sample(xp: Any, estimator: str, log_p: Any, log_q: Any, entropy: Any) -
     return _from_log_ratio(xp, estimator, log_q - log_p)
 
 
-def _from_log_ratio(xp: Any, name: str, ell: Any) -> Any:
-    """k1, k2 or k3 of ``ell = log q - log p`` (the one place for the three formulas)."""
-    if name == "k1":
-        return -ell
-    if name == "k2":
-        return 0.5 * (ell * ell)
-    return _xp.phi(xp, ell)  # k3 = exp(ell) - 1 - ell, accurate and never negative
-
-
 def _mean_and_stderr(xp: Any, g: Any, n: int) -> tuple[Any, Any]:
     mean = xp.mean(g, axis=0)
     if n == 1:
@@ -575,6 +601,7 @@ def kl(
     mask: Any = None,
     reduction: str = "none",
     normalizer: Any = None,
+    validate: bool = False,
 ) -> Estimate:
     r"""A Monte Carlo estimate of KL(p || q) from ``num_samples`` draws of ``p`` per distribution.
 
@@ -606,8 +633,11 @@ def kl(
             other array-API libraries). Without ``seed`` or ``generator``, the library's global
             random state (PyTorch) or fresh entropy (NumPy) is used.
         key: a ``jax.random`` key (JAX has no global random state: pass ``key`` or ``seed``).
-        event_axis, mask, reduction, normalizer: as in :func:`kldiv.kl`; the log-ratio of a
-            whole event is formed before the estimator's nonlinearity.
+        event_axis, mask, reduction, normalizer: as in :func:`kldiv.kl` (the mask holds
+            non-negative weights; bool is the 0/1 case); the log-ratio of a whole event is
+            formed before the estimator's nonlinearity.
+        validate: raise a ``KLDivError`` at the first negative or non-finite mask weight
+            (reads the mask's values; outside traced code).
 
     Returns:
         An :class:`Estimate` (``value``, ``stderr``, ``num_samples``), per distribution or
@@ -622,6 +652,7 @@ def kl(
     True
     """
     check_reduction(reduction, normalizer)
+    _check_validate(validate)
     n = _check_num_samples(num_samples)
     if not isinstance(estimator, str) or estimator not in ESTIMATORS:
         raise bad("estimator", f"one of {', '.join(map(repr, ESTIMATORS))}", describe(estimator))
@@ -637,11 +668,33 @@ def kl(
                 f"a {type(p).__name__} spec",
             )
         return _kl_spec(
-            p, q, n, estimator, seed, generator, key, event_axis, mask, reduction, normalizer
+            p,
+            q,
+            n,
+            estimator,
+            seed,
+            generator,
+            key,
+            event_axis,
+            mask,
+            reduction,
+            normalizer,
+            validate,
         )
     if hasattr(p, "log_prob") and (hasattr(p, "sample") or hasattr(p, "rsample")):
         return _kl_generic(
-            p, q, n, estimator, seed, generator, key, event_axis, mask, reduction, normalizer
+            p,
+            q,
+            n,
+            estimator,
+            seed,
+            generator,
+            key,
+            event_axis,
+            mask,
+            reduction,
+            normalizer,
+            validate,
         )
     raise bad("p", "a kldiv spec or an object with sample(shape) and log_prob(x)", describe(p))
 
@@ -658,11 +711,14 @@ def _kl_spec(
     mask: Any,
     reduction: str,
     normalizer: Any,
+    validate: bool,
 ) -> Estimate:
     q_is_spec = isinstance(q, Distribution)
     xp, lib, p2, q2, in_shape, out_dtype, compute, mask = _kl._prepare(
         p, q if q_is_spec else p, mask, normalizer
     )
+    if validate and mask is not None:
+        _check_weights("mask", mask)
     family = _kl._family_axis(p2, q2, in_shape)
     if q_is_spec and _kl._is_diag_vs_mvn(p2, q2):
         _kl._check_diag_event_axis(event_axis, in_shape)
@@ -796,6 +852,7 @@ def _kl_generic(
     mask: Any,
     reduction: str,
     normalizer: Any,
+    validate: bool,
 ) -> Estimate:
     """``p`` any object with ``sample``/``rsample`` and ``log_prob`` (e.g. torch.distributions)."""
     if isinstance(q, Distribution):
@@ -829,8 +886,7 @@ def _kl_generic(
     all_axes, _ = event_layout(len(in_shape), in_shape, None, event_axis)
     per_shape = tuple(s for i, s in enumerate(in_shape) if i not in all_axes)
     log_q, to_sum = _call_q(q, x, (n, *per_shape), (n, *in_shape))
-    if mask is not None and _xp.library_of(mask) is None:
-        mask = xp.asarray(mask)
+    mask = _prepare_mask(xp, mask, None, validate)
     return _finish(
         xp,
         log_p,
@@ -871,191 +927,6 @@ def _sample_generic(p: Any, n: int, seed: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
-# k1, k2, k3 on per-token log-probabilities
-# ----------------------------------------------------------------------------------------------
-def _token_estimator(
-    name: str,
-    logp: Any,
-    logp_ref: Any,
-    mask: Any,
-    reduction: str,
-    normalizer: Any,
-    clamp: Any,
-) -> Any:
-    check_reduction(reduction, normalizer)
-    named = {"logp": logp, "logp_ref": logp_ref}
-    others = {"mask": mask} if mask is not None and _xp.library_of(mask) is not None else {}
-    xp, _ = _xp.common_namespace({**named, **others})
-    device = _xp.device_of({**named, **others})
-    compute, out = _xp.float_dtypes(xp, named)
-    a = _xp.as_float(xp, logp, compute, device)
-    b = _xp.as_float(xp, logp_ref, compute, device)
-    shape = _xp.broadcast_shapes({"logp": tuple(a.shape), "logp_ref": tuple(b.shape)})
-    if mask is not None and _xp.library_of(mask) is None:
-        mask = xp.asarray(mask) if device is None else xp.asarray(mask, device=device)
-    ell = b - a  # log(p_ref / p) at samples of p
-    if clamp is not None:
-        lo, hi = _clamp_bounds(clamp)
-        warnings.warn(
-            f"{name}: clamping the log-ratio to [{lo}, {hi}] biases the estimate (the KL is "
-            "no longer its expectation); report it with the clamp, or drop it",
-            BiasWarning,
-            stacklevel=3,
-        )
-        ell = xp.clip(ell, lo, hi)
-    values = xp.broadcast_to(_from_log_ratio(xp, name, ell), shape)
-    result = reduce(
-        xp,
-        values,
-        in_shape=shape,
-        family_axis=None,
-        event_axis=None,
-        mask=mask,
-        reduction=reduction,
-        normalizer=_kl._as_normalizer(xp, normalizer, compute),
-    )
-    return result if result.dtype == out else xp.astype(result, out)
-
-
-def _clamp_bounds(clamp: Any) -> tuple[float, float]:
-    if isinstance(clamp, (int, float)) and not isinstance(clamp, bool):
-        if not clamp > 0:
-            raise bad("clamp", "a positive number c (for [-c, c]) or a pair (lo, hi)", str(clamp))
-        return -float(clamp), float(clamp)
-    if isinstance(clamp, (tuple, list)) and len(clamp) == 2:
-        lo, hi = clamp
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
-            if lo < hi:
-                return float(lo), float(hi)
-    raise bad(
-        "clamp",
-        "a positive number c (for [-c, c]) or a pair (lo, hi) with lo < hi",
-        describe(clamp),
-    )
-
-
-def k1(
-    logp: Any,
-    logp_ref: Any,
-    *,
-    mask: Any = None,
-    reduction: str = "none",
-    normalizer: Any = None,
-    clamp: Any = None,
-) -> Any:
-    r"""The k1 estimate of KL(p || p_ref) per token: ``logp - logp_ref``.
-
-    .. math::
-
-        k_1 = \log\frac{p(x)}{p_{\mathrm{ref}}(x)},\qquad x \sim p,\qquad
-        \mathbb E_p[k_1] = \mathrm{KL}(p \,\|\, p_{\mathrm{ref}})
-
-    Unbiased, but single values are often negative, and its variance does not vanish unless
-    p = p_ref pointwise. As a loss with the samples held fixed, its gradient
-    :math:`\nabla_\theta \log p_\theta(x)` has expectation **zero** (the score has mean 0): use
-    k1 as a reward penalty, not as a loss to differentiate.
-
-    Args:
-        logp: ``log p(x_t)`` of tokens (or samples) ``x_t`` drawn from p, the policy.
-        logp_ref: ``log p_ref(x_t)`` of the same tokens under the reference.
-        mask: bool or 0/1, broadcasting against the inputs; masked tokens count 0.
-        reduction: ``"none"`` (per token), ``"sum"``, ``"mean"`` (over unmasked tokens) or
-            ``"batchmean"``, as in :func:`kldiv.kl`.
-        normalizer: an explicit divisor of the total (e.g. a global token count).
-        clamp: ``None`` (default), ``c`` to clamp the log-ratio to ``[-c, c]``, or ``(lo, hi)``.
-            Clamping biases the estimate and warns with :class:`BiasWarning`.
-
-    >>> import numpy as np
-    >>> from kldiv import mc
-    >>> mc.k1(np.log([0.5, 0.25]), np.log([0.25, 0.5]))
-    array([ 0.69314718, -0.69314718])
-    """
-    return _token_estimator("k1", logp, logp_ref, mask, reduction, normalizer, clamp)
-
-
-def k2(
-    logp: Any,
-    logp_ref: Any,
-    *,
-    mask: Any = None,
-    reduction: str = "none",
-    normalizer: Any = None,
-    clamp: Any = None,
-) -> Any:
-    r"""The k2 estimate per token: ``0.5 * (logp - logp_ref)**2`` (biased).
-
-    .. math::
-
-        k_2 = \tfrac12\Big(\log\frac{p(x)}{p_{\mathrm{ref}}(x)}\Big)^2,\qquad
-        \mathbb E_p[k_2] = \mathrm{KL}(p \,\|\, p_{\mathrm{ref}}) + O(\text{third order})
-
-    **Biased**: its expectation is an f-divergence that agrees with the KL to second order near
-    p = p_ref (for two unit Normals a distance :math:`\mu` apart it is
-    :math:`\mu^2/2 + \mu^4/8` against :math:`\mu^2/2`); never negative, low variance near
-    p = p_ref. As a loss with the samples held fixed, its expected gradient
-    :math:`\mathbb E_p[\log\frac{p}{p_{\mathrm{ref}}}\nabla_\theta \log p_\theta]` is
-    **exactly the gradient of KL(p || p_ref)**.
-
-    Args:
-        logp: ``log p(x_t)`` of tokens (or samples) ``x_t`` drawn from p, the policy.
-        logp_ref: ``log p_ref(x_t)`` of the same tokens under the reference.
-        mask: bool or 0/1, broadcasting against the inputs; masked tokens count 0.
-        reduction: ``"none"`` (per token), ``"sum"``, ``"mean"`` (over unmasked tokens) or
-            ``"batchmean"``, as in :func:`kldiv.kl`.
-        normalizer: an explicit divisor of the total (e.g. a global token count).
-        clamp: ``None`` (default), ``c`` to clamp the log-ratio to ``[-c, c]``, or ``(lo, hi)``.
-            Clamping biases the estimate and warns with :class:`BiasWarning`.
-
-    >>> import numpy as np
-    >>> from kldiv import mc
-    >>> round(float(mc.k2(np.log([0.5, 0.25]), np.log([0.25, 0.5]), reduction="mean")), 6)
-    0.240227
-    """
-    return _token_estimator("k2", logp, logp_ref, mask, reduction, normalizer, clamp)
-
-
-def k3(
-    logp: Any,
-    logp_ref: Any,
-    *,
-    mask: Any = None,
-    reduction: str = "none",
-    normalizer: Any = None,
-    clamp: Any = None,
-) -> Any:
-    r"""The k3 estimate per token: ``r - 1 - log r`` with ``r = exp(logp_ref - logp)``.
-
-    .. math::
-
-        k_3 = e^{\ell} - 1 - \ell,\quad \ell = \log\frac{p_{\mathrm{ref}}(x)}{p(x)},\qquad
-        \mathbb E_p[k_3] = \mathrm{KL}(p \,\|\, p_{\mathrm{ref}})
-
-    Unbiased when p_ref puts no mass where p has none (otherwise biased low by that mass), never
-    negative, and of lower variance than k1 near p = p_ref; its variance is infinite when
-    :math:`\mathbb E_p[r^2] = \infty` (p_ref much broader than p). Computed without cancellation
-    (``kldiv``'s :math:`\varphi`). As a loss with the samples held fixed, its expected gradient
-    :math:`\mathbb E_p[(1 - r)\nabla_\theta \log p_\theta]` is **the gradient of the reverse
-    KL(p_ref || p)**, not of KL(p || p_ref).
-
-    Args:
-        logp: ``log p(x_t)`` of tokens (or samples) ``x_t`` drawn from p, the policy.
-        logp_ref: ``log p_ref(x_t)`` of the same tokens under the reference.
-        mask: bool or 0/1, broadcasting against the inputs; masked tokens count 0.
-        reduction: ``"none"`` (per token), ``"sum"``, ``"mean"`` (over unmasked tokens) or
-            ``"batchmean"``, as in :func:`kldiv.kl`.
-        normalizer: an explicit divisor of the total (e.g. a global token count).
-        clamp: ``None`` (default), ``c`` to clamp the log-ratio to ``[-c, c]``, or ``(lo, hi)``.
-            Clamping biases the estimate and warns with :class:`BiasWarning`.
-
-    >>> import numpy as np
-    >>> from kldiv import mc
-    >>> mc.k3(np.log([0.5, 0.25]), np.log([0.25, 0.5]))
-    array([0.19314718, 0.30685282])
-    """
-    return _token_estimator("k3", logp, logp_ref, mask, reduction, normalizer, clamp)
-
-
-# ----------------------------------------------------------------------------------------------
 # VITS
 # ----------------------------------------------------------------------------------------------
 class _Required:
@@ -1077,6 +948,7 @@ def vits_kl(
     event_axis: Any = _REQUIRED,
     reduction: str = "none",
     normalizer: Any = None,
+    validate: bool = False,
 ) -> Any:
     r"""The one-sample KL of a Gaussian posterior against a flow prior, as VITS computes it.
 
@@ -1104,11 +976,14 @@ def vits_kl(
             with the rest), per distribution (broadcasting against the per-distribution shape,
             or the inputs' rank with size 1 on the event axes, such as ``(B, 1, T)``). A
             non-volume-preserving flow without it gives a biased KL.
-        mask: as in :func:`kldiv.kl`; VITS's ``z_mask`` of shape ``(B, 1, T)``.
+        mask: as in :func:`kldiv.kl` (non-negative weights; bool is the 0/1 case); VITS's
+            ``z_mask`` of shape ``(B, 1, T)``.
         event_axis: required: the latent axis (``1`` for VITS's ``(B, C, T)``), a tuple, or
             ``None`` for per-element values.
         reduction, normalizer: as in :func:`kldiv.kl`. ``event_axis=1, mask=z_mask,
             reduction="mean"`` is VITS's ``sum(kl * z_mask) / sum(z_mask)``.
+        validate: raise a ``KLDivError`` at the first negative or non-finite mask weight
+            (reads the mask's values; outside traced code).
 
     Returns:
         An array of the inputs' library (half precision is computed in float32).
@@ -1127,6 +1002,7 @@ def vits_kl(
             "tuple of axes, or None for per-element values; got nothing"
         )
     check_reduction(reduction, normalizer)
+    _check_validate(validate)
     named = {"z_p": z_p, "logs_q": logs_q, "m_p": m_p, "logs_p": logs_p, "log_det": log_det}
     others = {"mask": mask} if mask is not None and _xp.library_of(mask) is not None else {}
     xp, _ = _xp.common_namespace({**named, **others})
@@ -1136,8 +1012,7 @@ def vits_kl(
     ld = arrs.pop("log_det")
     in_shape = _xp.broadcast_shapes({k: tuple(v.shape) for k, v in arrs.items()})
     all_axes, _ = event_layout(len(in_shape), in_shape, None, event_axis)
-    if mask is not None and _xp.library_of(mask) is None:
-        mask = xp.asarray(mask) if device is None else xp.asarray(mask, device=device)
+    mask = _prepare_mask(xp, mask, device, validate)
     z = (arrs["z_p"] - arrs["m_p"]) * xp.exp(-arrs["logs_p"])
     values = (arrs["logs_p"] - arrs["logs_q"] - 0.5) + 0.5 * (z * z)
     values = xp.broadcast_to(values, in_shape)

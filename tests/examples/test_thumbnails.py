@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("name", ["vits_flow", "distill"])
+@pytest.mark.parametrize("name", ["vits_flow", "distill", "grpo_penalty"])
 def test_thumbnails_match_the_example(name, examples):
     example = examples.load(name)
     static = examples.root / "docs" / "_static"

@@ -6,6 +6,8 @@ and large-vocabulary kernels. Importing it imports torch; ``import kldiv`` does 
 from .bridge import kl_divergence as kl_divergence
 from .distributed import global_count as global_count
 from .distributed import global_normalizer as global_normalizer
+from .distributed import sequence_weights as sequence_weights
+from .distributed import trainer_normalizer as trainer_normalizer
 from .losses import BernoulliKLLoss as BernoulliKLLoss
 from .losses import CategoricalKLLoss as CategoricalKLLoss
 from .losses import NormalKLLoss as NormalKLLoss
