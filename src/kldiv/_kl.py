@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -150,52 +151,221 @@ def kl(
     _reduce.check_reduction(reduction, normalizer)
     if not isinstance(validate, bool):
         raise KLDivError(f"validate: expected True or False, got {validate!r}")
-    fn = _registry.lookup(type(p), type(q))
     if not (isinstance(p, Distribution) and isinstance(q, Distribution)):
-        values = fn(p, q)
-        xp = _xp.xp_of(values)
-        if _xp.library_of(values) is None:
-            values = xp.asarray(values)
-        return _reduce.reduce(
-            xp,
-            values,
-            in_shape=tuple(values.shape),
-            family_axis=None,
-            event_axis=event_axis,
-            mask=mask,
-            reduction=reduction,
-            normalizer=normalizer,
-        )
-    xp, lib, p2, q2, in_shape, out_dtype, compute, mask = _prepare(p, q, mask, normalizer)
-    family = _family_axis(p2, q2, in_shape)
-    if _is_diag_vs_mvn(p2, q2):
-        _check_diag_event_axis(event_axis, in_shape)
-    if validate:
-        from ._validate import check_values
+        return _kl_of_objects(p, q, event_axis, mask, reduction, normalizer)
+    key = _plan_key(p, q, event_axis, mask, reduction, normalizer)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        plan = _Plan.make(p, q, event_axis, mask, reduction, normalizer)
+        if key is not None:
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.clear()
+            _PLANS[key] = plan
+    return plan.run(p, q, mask, normalizer, validate)
 
-        check_values(p2, "p")
-        check_values(q2, "q")
-        if mask is not None:
-            check_values(mask, "mask")
-    if lib in (None, "numpy"):
-        # where() evaluates both branches; NumPy would warn about the one it then discards.
-        with np.errstate(all="ignore"):
-            values = fn(p2, q2)
-    else:
-        values = fn(p2, q2)
-    result = _reduce.reduce(
+
+def _kl_of_objects(p: Any, q: Any, event_axis: Any, mask: Any, reduction: str, normalizer: Any):
+    """kl() for a registered pair of types that are not kldiv specs."""
+    fn = _registry.lookup(type(p), type(q))
+    values = fn(p, q)
+    xp = _xp.xp_of(values)
+    if _xp.library_of(values) is None:
+        values = xp.asarray(values)
+    return _reduce.reduce(
         xp,
         values,
-        in_shape=in_shape,
-        family_axis=family,
+        in_shape=tuple(values.shape),
+        family_axis=None,
         event_axis=event_axis,
         mask=mask,
         reduction=reduction,
-        normalizer=_as_normalizer(xp, normalizer, compute),
+        normalizer=normalizer,
     )
-    if result.dtype != out_dtype:
-        result = xp.astype(result, out_dtype)
-    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Plans: everything kl() works out from static facts (types, parametrizations, libraries,
+# dtypes, shapes, devices, axes, the reduction) is worked out once per combination and reused, so
+# that a call on small arrays costs little more than its arithmetic. Values never enter a key.
+# ----------------------------------------------------------------------------------------------
+
+_PLANS: dict = {}
+_MAX_PLANS = 256
+
+
+def _array_key(v: Any) -> Any:
+    """The static facts of one field, or ``_NO_KEY`` where the field can't be keyed."""
+    if v is None:
+        return None
+    t = type(v)
+    if t is float or t is int:
+        return t
+    lib = _xp.library_of(v)
+    if lib == "numpy":
+        return (t, v.dtype, v.shape)
+    if lib == "torch":
+        return (t, v.dtype, tuple(v.shape), v.device)
+    return _NO_KEY
+
+
+_NO_KEY = object()
+
+
+def _plan_key(
+    p: Distribution, q: Distribution, event_axis: Any, mask: Any, reduction: str, normalizer: Any
+):
+    """A hashable key of the static facts, or ``None`` (no caching: traced or exotic input)."""
+    items: list = [type(p), type(q), reduction, _array_key(normalizer)]
+    if items[-1] is _NO_KEY:
+        return None
+    for d in (p, q):
+        for f in d._static_fields:
+            items.append(getattr(d, f))
+        for f in d._array_fields:
+            k = _array_key(getattr(d, f))
+            if k is _NO_KEY:
+                return None
+            items.append(k)
+    k = _array_key(mask) if not isinstance(mask, (bool, list, tuple)) else _NO_KEY
+    if k is _NO_KEY:
+        return None
+    items.append(k)
+    axes = tuple(event_axis) if isinstance(event_axis, (list, tuple)) else (event_axis,)
+    items.append((type(event_axis), tuple((type(a), a) for a in axes)))  # 1.0 is no axis: not 1
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.compiler.is_compiling():
+        return None
+    try:
+        key = tuple(items)
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+class _Plan:
+    """What a call with these static facts does: conversions, the formula, the reduction."""
+
+    __slots__ = (
+        "_reduction",
+        "compute",
+        "constants",
+        "convert",
+        "fn",
+        "in_shape",
+        "lib",
+        "mask_shape",
+        "out",
+        "per_shape",
+        "to_sum",
+        "xp",
+    )
+
+    @classmethod
+    def make(
+        cls,
+        p: Distribution,
+        q: Distribution,
+        event_axis: Any,
+        mask: Any,
+        reduction: str,
+        normalizer: Any,
+    ) -> _Plan:
+        """Check every static fact (raising a ``KLDivError``) and work out the plan."""
+        plan = cls()
+        plan.fn = _registry.lookup(type(p), type(q))
+        xp, lib, p2, q2, in_shape, out, compute, mask2 = _prepare(p, q, mask, normalizer)
+        family = _family_axis(p2, q2, in_shape)
+        if _is_diag_vs_mvn(p2, q2):
+            _check_diag_event_axis(event_axis, in_shape)
+        all_axes, to_sum = _reduce.event_layout(len(in_shape), in_shape, family, event_axis)
+        per_shape = tuple(s for i, s in enumerate(in_shape) if i not in all_axes)
+        plan.mask_shape = None
+        if mask2 is not None:
+            shaped = _reduce.mask_shaped(xp, mask2, in_shape, all_axes, per_shape)
+            plan.mask_shape = tuple(shaped.shape)
+        if reduction == "batchmean" and not per_shape:
+            raise KLDivError(
+                "reduction: expected per-distribution values with a batch axis for "
+                "'batchmean', got a single distribution (shape ()); use 'sum'"
+            )
+        plan.xp, plan.lib, plan.compute, plan.out = xp, lib, compute, out
+        plan._reduction = reduction
+        plan.in_shape, plan.to_sum, plan.per_shape = in_shape, to_sum, per_shape
+        # Which fields need converting, and the standard normal's constants, converted once.
+        plan.convert = []
+        plan.constants = []
+        for d, d2 in ((p, p2), (q, q2)):
+            conv, consts = [], {}
+            for f, v in d._arrays().items():
+                if getattr(d, "standard_", False):
+                    consts[f] = getattr(d2, f)
+                elif _xp.library_of(v) is None or v.dtype != compute:
+                    conv.append(f)
+            plan.convert.append(tuple(conv))
+            plan.constants.append(consts)
+        return plan
+
+    def run(self, p: Distribution, q: Distribution, mask: Any, normalizer: Any, validate: bool):
+        xp = self.xp
+        sides = []
+        for d, conv, consts in zip((p, q), self.convert, self.constants, strict=True):
+            if conv or consts:
+                fields = dict(consts)
+                for f in conv:
+                    fields[f] = _xp.as_float(xp, getattr(d, f), self.compute, None)
+                d = d._replace(**fields)
+            sides.append(d)
+        p2, q2 = sides
+        if mask is not None:
+            if _xp.library_of(mask) in (None, "bool"):
+                mask = _host_mask(xp, mask, p2, q2)
+            if tuple(mask.shape) != self.mask_shape:
+                mask = xp.reshape(mask, self.mask_shape)
+        if validate:
+            from ._validate import check_values
+
+            check_values(p2, "p")
+            check_values(q2, "q")
+            if mask is not None:
+                check_values(mask, "mask")
+            if normalizer is not None and _xp.library_of(normalizer) is not None:
+                _reduce.check_normalizer_value(normalizer)
+        if self.lib in (None, "numpy"):
+            # where() evaluates both branches; NumPy would warn about the one it then discards.
+            with np.errstate(all="ignore"):
+                values = self.fn(p2, q2)
+                result = self._reduce(values, mask, normalizer)
+        else:
+            values = self.fn(p2, q2)
+            result = self._reduce(values, mask, normalizer)
+        if result.dtype != self.out:
+            result = xp.astype(result, self.out)
+        return result
+
+    def _reduce(self, values: Any, mask: Any, normalizer: Any) -> Any:
+        return _reduce.apply(
+            self.xp,
+            values,
+            self.to_sum,
+            self.per_shape,
+            mask,
+            self._reduction,
+            _as_normalizer(self.xp, normalizer, self.compute),
+            in_shape=self.in_shape,
+        )
+
+
+def _host_mask(xp: Any, mask: Any, p: Distribution, q: Distribution) -> Any:
+    """A Python bool, number or list mask as an array next to the parameters."""
+    device = _xp.device_of({**_named_arrays(p, q)})
+    scalar = isinstance(mask, (bool, int, float))
+    arr = (
+        xp.asarray([mask] if scalar else mask, device=device)
+        if device is not None
+        else (xp.asarray([mask] if scalar else mask))
+    )
+    return xp.reshape(arr, ()) if scalar else arr
 
 
 def _mixed(p: Distribution, q: Distribution) -> bool:

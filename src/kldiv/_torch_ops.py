@@ -21,11 +21,11 @@ class ClosedForm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, fn: Any, axis: Any, *args: Any) -> Any:
-        need = tuple(ctx.needs_input_grad[2:])
+    def forward(ctx: Any, fn: Any, *args: Any) -> Any:
+        need = tuple(ctx.needs_input_grad[1:])
         res = fn(txp, *args, need=need)
         value, partials = res[0], res[1]
-        ctx.fn, ctx.axis, ctx.need = fn, axis, need
+        ctx.fn, ctx.need = fn, need
         kept = [p for p in partials if p is not None]
         ctx.save_for_backward(*args, *kept)
         if len(res) == 3:
@@ -43,17 +43,17 @@ class ClosedForm(torch.autograd.Function):
         else:
             kept = iter(saved[n:])
             partials = [next(kept) if need else None for need in ctx.need]
-        if grad.dim() and all(s == 0 for s in grad.stride()):
+        if grad.dim() and grad.numel() and all(s == 0 for s in grad.stride()):
             grad = grad.reshape(-1)[0]  # an expanded scalar (a sum's gradient): stay cheap
-        elif ctx.axis is not None:
-            grad = grad.unsqueeze(ctx.axis)
         grads = []
         for a, p in zip(args, partials, strict=True):
             if p is None:
                 grads.append(None)
                 continue
-            g = p * grad
+            # a partial has the value's shape plus the event axes the value sums, last
+            extra = p.dim() - grad.dim() if grad.dim() else 0
+            g = p * (grad.reshape(*grad.shape, *(1,) * extra) if extra > 0 else grad)
             if tuple(g.shape) != tuple(a.shape):
                 g = g.sum_to_size(a.shape)
             grads.append(g)
-        return (None, None, *grads)
+        return (None, *grads)

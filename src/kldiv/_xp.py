@@ -417,6 +417,15 @@ def cholesky(xp: Any, a: Any) -> Any:
 
 def tril(xp: Any, a: Any, k: int = 0) -> Any:
     """``a`` with the entries above its ``k``-th diagonal set to 0 (``(..., n, m)`` arrays)."""
+    lib = library_of(a)
+    if lib == "torch":
+        return a.tril(k)
+    if lib == "numpy":
+        return np.tril(a, k)
+    if lib == "jax":
+        import jax.numpy as jnp
+
+        return jnp.tril(a, k)
     rows, cols = a.shape[-2], a.shape[-1]
     dev = _device(a)
     r = xp.arange(rows, device=dev) if dev is not None else xp.arange(rows)
@@ -559,18 +568,31 @@ def gram_residual(xp: Any, a: Any, low: Any) -> Any:
 # no `where` with safe inputs, only arithmetic, `maximum` and `copysign`, one pass each.
 # ----------------------------------------------------------------------------------------------
 
-#: ``expm1``'s relative error, per real dtype, bounding every backend measured (NumPy 2.3 ulp and
-#: XLA 4.4 ulp in float32, JAX 3 ulp in float64; SLEEF and CUDA 1 ulp). `tests/test_xp.py`
-#: checks each backend against it.
-_EXPM1_ERROR = {32: 8 * 2.0**-23, 64: 4 * 2.0**-52}
+#: ``expm1``'s relative error bound, by library and precision (bits): twice what was measured
+#: (`tests/test_xp.py` measures each backend against it): SLEEF (torch CPU) and glibc 1 ulp,
+#: NumPy 2.3 ulp in float32, XLA 4.4 ulp in float32 and 3 ulp in float64; CUDA documents 1 ulp.
+_EXPM1_ERROR = {
+    ("torch", 24): 2 * 2.0**-23,
+    ("torch", 53): 2 * 2.0**-52,
+    ("numpy", 24): 5 * 2.0**-23,
+    ("numpy", 53): 2 * 2.0**-52,
+    ("jax", 24): 9 * 2.0**-23,
+    ("jax", 53): 6 * 2.0**-52,
+}
+_EXPM1_ERROR_OTHER = {24: 9 * 2.0**-23, 53: 6 * 2.0**-52}
+
+#: The relative error of phi that the bias on ``expm1(x) - x`` makes room for, by precision: it
+#: is kept at full strength while ``expm1``'s error could exceed this much of phi(x), that is for
+#: ``|x|`` up to about ``bias / target``, and decays as ``1/x**2`` beyond.
+_PHI_TARGET = {24: 2e-6, 53: 2e-14}
 
 #: phi(x) = exp(x) - 1 - x = sum_{k>=2} x**k / k!, truncated after an odd power: the remainder
 #: exp(xi) x**8 / 8! is >= 0 for every real x, so the polynomial never exceeds phi.
 _PHI_LOWER = tuple(1.0 / math.factorial(k) for k in range(2, 8))
 
 
-def _dtype_bits(xp: Any, x: Any) -> int:
-    return 64 if x.dtype == xp.float64 else 32
+def _precision(xp: Any, x: Any) -> int:
+    return 53 if x.dtype == xp.float64 else 24
 
 
 def phi_fast(xp: Any, x: Any, e: Any = None) -> Any:
@@ -579,8 +601,9 @@ def phi_fast(xp: Any, x: Any, e: Any = None) -> Any:
     - the Taylor polynomial through ``x**7``, a lower bound of phi for every real ``x`` (its
       remainder is ``e^xi x^8 / 8! >= 0``), accurate for ``|x|`` below about 0.5 (float32) or
       0.03 (float64);
-    - ``expm1(x) - x`` less the bound on its rounding error (``expm1``'s relative error times
-      ``|expm1(x)|``), accurate where ``|x|`` is not small.
+    - ``expm1(x) - x`` less twice the bound on its rounding error (``expm1``'s relative error
+      times ``|expm1(x)|``), damped by ``1 / (1 + (x / T)**2)`` beyond the small ``|x|`` where it
+      matters; accurate where ``|x|`` is not small.
 
     Where one is accurate the other is not larger, so the maximum is accurate everywhere: relative
     error below 4e-6 in float32 and 1e-13 in float64 (tested against mpmath on every backend),
@@ -594,21 +617,51 @@ def phi_fast(xp: Any, x: Any, e: Any = None) -> Any:
     """
     if e is None:
         e = xp.expm1(x)
-    kappa = _EXPM1_ERROR[_dtype_bits(xp, x)]
+    bits, lib = _precision(xp, x), library_of(x)
+    kappa = 2.0 * _EXPM1_ERROR.get((lib, bits), _EXPM1_ERROR_OTHER[bits])
+    inv_t2 = (_PHI_TARGET[bits] / kappa) ** 2
     direct = e - x
-    if library_of(x) == "torch":
-        direct.sub_(e.abs(), alpha=kappa)
+    if lib == "torch":
+        import torch
+
+        damp = torch.addcmul(_torch_constants((1.0,), x.dtype, x.device)[0], x, x, value=inv_t2)
+        direct.sub_(e.abs().div_(damp), alpha=kappa)
     else:
-        direct -= kappa * xp.abs(e)
+        direct -= kappa * xp.abs(e) / (1.0 + inv_t2 * (x * x))
     coef = _PHI_LOWER
-    acc = x * coef[-1]
-    acc += coef[-2]
-    for c in reversed(coef[:-2]):
-        acc *= x
-        acc += c
+    if library_of(x) == "torch":  # Horner by fused multiply-adds with cached constants
+        import torch
+
+        cs = _torch_constants(coef, x.dtype, x.device)
+        acc = torch.addcmul(cs[-2], x, cs[-1])
+        for c in reversed(cs[:-2]):
+            acc = torch.addcmul(c, acc, x)
+    else:
+        acc = x * coef[-1]
+        acc += coef[-2]
+        for c in reversed(coef[:-2]):
+            acc *= x
+            acc += c
     acc *= x
     acc *= x
     return xp.maximum(acc, direct)
+
+
+_CONSTANTS: dict = {}
+
+
+def _torch_constants(values: tuple, dtype: Any, device: Any) -> tuple:
+    """``values`` as 0-d tensors, made once per dtype and device (outside compile)."""
+    import torch
+
+    if torch.compiler.is_compiling():
+        return tuple(torch.tensor(v, dtype=dtype, device=device) for v in values)
+    key = (values, dtype, device)
+    found = _CONSTANTS.get(key)
+    if found is None:
+        found = tuple(torch.tensor(v, dtype=dtype, device=device) for v in values)
+        _CONSTANTS[key] = found
+    return found
 
 
 def log_ratio_fast(xp: Any, x: Any, y: Any) -> Any:
@@ -632,11 +685,12 @@ def log_ratio_fast(xp: Any, x: Any, y: Any) -> Any:
 #
 #     fn(xp, *args, need=(bool, ...), smooth=False) -> (value, partials)
 #
-# whose ``partials[i]`` is d value / d args[i] (None where ``need[i]`` is False), with the shape
-# of the broadcast arguments; ``value`` has that shape less ``axis`` when ``axis`` is given (a
-# family that sums a class axis), and then the chain rule broadcasts the incoming gradient along
-# it. ``smooth=True`` asks for partials that autodiff can differentiate again (no kinks such as
-# `log_ratio_fast`'s |x - y| at x = y), with no in-place updates. `closed_form` makes these the
+# whose ``partials[i]`` is d value / d args[i] (None where ``need[i]`` is False), with the
+# value's (broadcast) shape followed by the event axes the value sums over (a categorical's class
+# axis, a multivariate normal's event axes), which are the arrays' last ones; the chain rule
+# broadcasts the incoming gradient along them. ``smooth=True`` asks for partials that autodiff
+# can differentiate again (no kinks such as `log_ratio_fast`'s |x - y| at x = y), with no
+# in-place updates. `closed_form` makes them the
 # gradient on every backend: a `torch.autograd.Function` (`kldiv._torch_ops`, which recomputes
 # the partials with autograd recording when a second derivative is asked for, so the Hessian is
 # the formula's too), a `jax.custom_jvp` (forward and reverse mode, any order), and a plain call
@@ -646,7 +700,7 @@ def log_ratio_fast(xp: Any, x: Any, y: Any) -> Any:
 # ----------------------------------------------------------------------------------------------
 
 
-def closed_form(xp: Any, fn: Any, args: tuple, axis: int | None = None) -> Any:
+def closed_form(xp: Any, fn: Any, args: tuple) -> Any:
     """``fn``'s value, with ``fn``'s partials as its gradient (see the comment above).
 
     ``fn`` may return a third item, ``aux``: an array that carries no gradient (a flag per
@@ -659,9 +713,9 @@ def closed_form(xp: Any, fn: Any, args: tuple, axis: int | None = None) -> Any:
         if torch.is_grad_enabled() and any(a.requires_grad for a in args):
             from ._torch_ops import ClosedForm
 
-            return ClosedForm.apply(fn, axis, *args)
+            return ClosedForm.apply(fn, *args)
     elif lib == "jax":
-        return _jax_closed_form()(fn, axis, *args)
+        return _jax_closed_form()(fn, *args)
     res = fn(xp, *args, need=(False,) * len(args))
     return (res[0], res[2]) if len(res) == 3 else res[0]
 
@@ -677,12 +731,12 @@ def _jax_closed_form() -> Any:
     import jax
     import jax.numpy as jnp
 
-    @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-    def closed(fn: Any, axis: Any, *args: Any) -> Any:
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+    def closed(fn: Any, *args: Any) -> Any:
         res = fn(jnp, *args, need=(False,) * len(args))
         return (res[0], res[2]) if len(res) == 3 else res[0]
 
-    def jvp(fn: Any, axis: Any, primals: tuple, tangents: tuple) -> tuple:
+    def jvp(fn: Any, primals: tuple, tangents: tuple) -> tuple:
         zero = jax.custom_derivatives.SymbolicZero
         need = tuple(not isinstance(t, zero) for t in tangents)
         res = fn(jnp, *primals, need=need, smooth=True)
@@ -692,8 +746,9 @@ def _jax_closed_form() -> Any:
             if p is None:
                 continue
             term = p * t
-            if axis is not None:
-                term = jnp.sum(term, axis=axis)
+            extra = term.ndim - value.ndim  # the event axes the value sums, last
+            if extra > 0:
+                term = jnp.sum(term, axis=tuple(range(-extra, 0)))
             term = jnp.broadcast_to(term, value.shape)
             out = term if out is None else out + term
         if out is None:
@@ -731,65 +786,154 @@ def is_concrete(x: Any) -> bool:
     return False
 
 
-def refine(
-    xp: Any, value: Any, exact: Any, arrays: tuple, full_shape: tuple, ok: Any = None
-) -> Any:
-    """``value`` where ``ok`` (default: where it is finite), ``exact(*arrays)`` elsewhere.
+def all_finite(xp: Any, x: Any) -> bool:
+    """Whether the non-negative array ``x`` is finite everywhere: one sum, read on the host."""
+    total = xp.sum(x)
+    if library_of(total) == "torch":
+        total = total.detach()
+    return math.isfinite(float(total))
 
-    ``value`` and ``ok`` have the per-distribution shape ``S``; ``arrays`` broadcast to
+
+def evaluate(
+    xp: Any,
+    fn: Any,
+    args: tuple,
+    exact: Any,
+    full_shape: tuple,
+    *,
+    refit: bool = True,
+    traced_exact: bool = True,
+) -> Any:
+    """A fast closed form ``fn`` (see :func:`closed_form`) where it vouches for its value, the
+    exact evaluation ``exact`` elsewhere.
+
+    ``fn`` returns ``(value, partials)`` or ``(value, partials, ok)``; without ``ok``, a value is
+    kept where it is finite. ``value`` has the per-distribution shape ``S``; ``args`` broadcast to
     ``full_shape`` (``S`` plus trailing event axes), and ``exact`` maps arrays of shape
     ``(n, *event)`` (or ``full_shape``) to their ``n`` (or ``S``) values.
+
+    - Eagerly (NumPy, PyTorch outside compile): ``exact`` runs on the entries not kept only, and
+      autograd differentiates it there. With ``refit``, the kept entries are evaluated again on
+      their own when some are not finite, so that a discarded entry's gradient (maybe NaN) never
+      meets theirs; without it ``fn`` must give finite partials where it is not kept.
+    - Traced (JAX, torch.compile) and other libraries: the selection happens inside the custom
+      gradient, ``lax.cond`` running ``exact`` only when some entry needs it; the gradient there
+      is the exact evaluation's too. ``traced_exact=False``: ``fn`` itself gives the exact
+      evaluation's values when traced (a family whose edges are a few fused ``where``), which
+      spares the ``cond`` (under reverse mode it keeps the values and partials in memory).
     """
-    lib = library_of(value)
-    if lib in ("numpy", "torch") and is_concrete(value):
+    lib = library_of(args[0])
+    if lib in ("numpy", "torch") and is_concrete(args[0]):
+        res = closed_form(xp, fn, args)
+        value, ok = res if isinstance(res, tuple) else (res, None)
         if ok is None:
-            if bool(xp.isfinite(xp.sum(value))):  # terms are >= 0: a finite sum, all finite
+            if all_finite(xp, value):  # terms are >= 0: a finite sum, all finite
                 return value
             ok = xp.isfinite(value)
         elif bool(xp.all(ok)):
             return value
         if value.ndim == 0 or not bool(xp.any(ok)):
-            full = [xp.broadcast_to(a, full_shape) for a in arrays]
+            full = [xp.broadcast_to(a, full_shape) for a in args]
             return xp.astype(exact(*full), value.dtype)
         bad = ~ok
-        sub = [xp.broadcast_to(a, full_shape)[bad] for a in arrays]
-        fixed = exact(*sub)
-        if lib == "torch":
-            return value.index_put((bad,), fixed.to(value.dtype))
-        out = np.array(value, copy=True)
-        out[bad] = fixed
-        return out
-    if ok is None:
-        pred = xp.isfinite(xp.sum(value))
-        ok = xp.isfinite(value)
-    else:
-        pred = xp.all(ok)
-
-    def select(value: Any, ok: Any, *arrays: Any) -> Any:
-        full = [xp.broadcast_to(a, full_shape) for a in arrays]
-        return xp.where(ok, value, xp.astype(exact(*full), value.dtype))
-
-    if lib == "jax":
-        import jax
-
-        return jax.lax.cond(pred, lambda v, *_: v, select, value, ok, *arrays)
-    if lib == "torch":
-        import torch
-
-        return torch.cond(pred, lambda v, *_: v.clone(), select, (value, ok, *arrays))
-    return select(value, ok, *arrays)
+        fixed = exact(*[xp.broadcast_to(a, full_shape)[bad] for a in args])
+        if lib == "numpy":
+            out = np.array(value, copy=True)
+            out[bad] = fixed
+            return out
+        fixed = fixed.to(value.dtype)
+        if refit and value.requires_grad:
+            kept = closed_form(xp, fn, tuple(xp.broadcast_to(a, full_shape)[ok] for a in args))
+            kept = kept[0] if isinstance(kept, tuple) else kept
+            value = xp.zeros_like(value).index_put((ok,), kept)
+        return value.index_put((bad,), fixed)
+    if not traced_exact:
+        res = closed_form(xp, fn, args)
+        return res[0] if isinstance(res, tuple) else res
+    return closed_form(xp, _selecting(fn, exact, full_shape), args)
 
 
-def finite_partials(xp: Any, value: Any, partials: list, axis: int | None = None) -> list:
-    """``partials`` with 0 where ``value`` is not finite.
+def _selecting(fn: Any, exact: Any, full_shape: tuple) -> Any:
+    """``fn`` with the exact evaluation selected inside it (traced and other backends).
 
-    Such entries are replaced by the exact evaluation (:func:`refine`), so their incoming
+    The entries not kept take the exact evaluation's value and its gradient (by autodiff of
+    ``exact``, computed inside the custom gradient's forward, so that no residual of it is kept);
+    ``lax.cond`` / ``torch.cond`` run all of that only when some entry is not kept.
+    """
+
+    def selecting(xp: Any, *args: Any, need: tuple, smooth: bool = False) -> tuple:
+        res = fn(xp, *args, need=need, smooth=smooth)
+        value, partials = res[0], list(res[1])
+        finite = xp.isfinite(value)
+        ok = res[2] if len(res) == 3 else finite
+        lib = library_of(value)
+        if lib not in ("jax", "torch"):  # no autodiff: select the values
+            full = [xp.broadcast_to(a, full_shape) for a in args]
+            return xp.where(ok, value, xp.astype(exact(*full), value.dtype)), partials
+        needed = tuple(i for i, n in enumerate(need) if n)
+        if needed:
+            partials = finite_partials(xp, value, partials, keep=finite)
+        kept = [partials[i] for i in needed]
+
+        def good(value: Any, ok: Any, *rest: Any) -> tuple:
+            return (value + 0, *(p + 0 for p in rest[: len(needed)]))
+
+        def bad(value: Any, ok: Any, *rest: Any) -> tuple:
+            fast, arrays = rest[: len(needed)], rest[len(needed) :]
+            full = [xp.broadcast_to(a, full_shape) for a in arrays]
+            out = (xp.where(ok, value, xp.astype(exact(*full), value.dtype)),)
+            if not needed:
+                return out
+            total = lambda *f: xp.sum(exact(*f))  # noqa: E731
+            if lib == "jax":
+                import jax
+
+                grads = jax.grad(total, argnums=needed)(*full)
+            else:
+                import torch
+
+                grads = torch.func.grad(total, argnums=needed)(*full)
+            for p, g in zip(fast, grads, strict=True):
+                k = xp.reshape(ok, (*ok.shape, *(1,) * (p.ndim - ok.ndim)))
+                out += (xp.where(k, p, xp.astype(g, p.dtype)),)
+            return out
+
+        operands = (value, ok, *kept, *args)
+        if lib == "jax":
+            import jax
+
+            out = jax.lax.cond(xp.all(ok), good, bad, *operands)
+        else:
+            import torch
+
+            out = torch.cond(xp.all(ok), good, bad, operands)
+        value = out[0]
+        for i, p in zip(needed, out[1:], strict=True):
+            partials[i] = p
+        return value, partials
+
+    return selecting
+
+
+def finite_partials(xp: Any, value: Any, partials: list, keep: Any = None) -> list:
+    """``partials`` with 0 where ``value`` is not finite (or where ``keep`` is False).
+
+    Such entries are replaced by the exact evaluation (:func:`evaluate`), so their incoming
     gradient is 0, and 0 times an infinite or NaN partial would poison the gradient. Eagerly this
     costs one sum when every value is finite; under tracing, one fused ``where`` per partial.
     """
-    if is_concrete(value) and bool(xp.isfinite(xp.sum(value))):
-        return partials
-    keep = xp.isfinite(value)
-    if axis is not None:
-        keep = xp.expand_dims(keep, axis=axis)
-    return [None if p is None else xp.where(keep, p, xp.zeros_like(p)) for p in partials]
+    if keep is None:
+        if is_concrete(value) and all_finite(xp, value):
+            return partials
+        keep = xp.isfinite(value)
+    out = []
+    for p in partials:
+        if p is not None:  # a partial may have trailing event axes the value sums
+            k = (
+                keep
+                if p.ndim == keep.ndim
+                else xp.reshape(keep, (*keep.shape, *(1,) * (p.ndim - keep.ndim)))
+            )
+            p = xp.where(k, p, xp.zeros_like(p))
+        out.append(p)
+    return out

@@ -26,13 +26,12 @@ from typing import Any
 
 from .._registry import register_kl
 from .._xp import (
-    closed_form,
-    finite_partials,
+    broadcast_shapes,
+    evaluate,
     library_of,
     log_ratio,
     log_ratio_fast,
     phi_fast,
-    refine,
     safe_log,
     xp_of,
 )
@@ -133,10 +132,7 @@ def bernoulli_terms(param_p: str, param_q: str) -> Any:
             grad_b = w1 * e1  # = v1 - w1
             if param_q == "probs":
                 grad_b = grad_b / (b * (1.0 - b))
-        partials = [grad_a, grad_b]
-        if any(need):
-            partials = finite_partials(xp, value, partials)
-        return value, partials
+        return value, [grad_a, grad_b]
 
     _TERMS[key] = fn
     return fn
@@ -147,11 +143,13 @@ def kl_bernoulli_bernoulli(p: Bernoulli, q: Bernoulli) -> Any:
     """KL(p || q) for two ``Bernoulli`` specs, elementwise."""
     xp = xp_of(p.value)
     a, b = p.value, q.value
-    value = closed_form(xp, bernoulli_terms(p.param, q.param), (a, b))
 
-    def exact(ra: Any, rb: Any) -> Any:
+    kinds = (p.param, q.param)
+
+    def exact(ra: Any, rb: Any) -> Any:  # of its arguments only: it may run inside a custom rule
         return kl_bernoulli_bernoulli_exact(
-            p._replace(**{p.param: ra}), q._replace(**{q.param: rb})
+            Bernoulli(**{kinds[0]: ra}), Bernoulli(**{kinds[1]: rb})
         )
 
-    return refine(xp, value, exact, (a, b), tuple(value.shape))
+    shape = broadcast_shapes({"p": tuple(a.shape), "q": tuple(b.shape)})
+    return evaluate(xp, bernoulli_terms(p.param, q.param), (a, b), exact, shape)

@@ -32,14 +32,13 @@ from .._xp import (
     _device,
     _two_sum,
     broadcast_shapes,
-    closed_form,
+    evaluate,
     finite_partials,
     has_float64,
     is_concrete,
     library_of,
     log_ratio,
     log_ratio_fast,
-    refine,
     safe_log,
     weighted_phi,
     xp_of,
@@ -296,7 +295,7 @@ def categorical_terms(param_p: str, param_q: str, promise: float | None = None) 
         target = promise or _PROMISE[53 if a.dtype == xp.float64 else 24]
         if smooth or not is_concrete(a) or a.shape != b.shape or a.ndim < 2:
             kl, ok, ga, gb = _rows(xp, a, b, kinds, need, smooth, target)
-            grads = finite_partials(xp, kl, [ga, gb], axis=-1) if any(need) else [ga, gb]
+            grads = finite_partials(xp, kl, [ga, gb]) if any(need) else [ga, gb]
             return kl, grads, ok
         batch = tuple(a.shape[:-1])
         a2, b2 = xp.reshape(a, (-1, v)), xp.reshape(b, (-1, v))
@@ -318,7 +317,7 @@ def categorical_terms(param_p: str, param_q: str, promise: float | None = None) 
                 if gb is not None:
                     gb[i:j] = gb_
         if any(need):
-            ga, gb = finite_partials(xp, kl, [ga, gb], axis=-1)
+            ga, gb = finite_partials(xp, kl, [ga, gb])
         shape = (*batch, v)
         grads = [None if g is None else xp.reshape(g, shape) for g in (ga, gb)]
         return xp.reshape(kl, batch), grads, xp.reshape(ok, batch)
@@ -337,22 +336,22 @@ def kl_categorical_categorical(p: Categorical, q: Categorical) -> Any:
     if axis != -1:
         a, b = xp.moveaxis(a, axis, -1), xp.moveaxis(b, axis, -1)
     kinds = (p.param, q.param)
-    value, ok = closed_form(xp, categorical_terms(*kinds), (a, b), axis=-1)
     full = broadcast_shapes({"p": tuple(a.shape), "q": tuple(b.shape)})
 
     def careful(ra: Any, rb: Any) -> Any:
         return kl_rows_exact(xp, ra, kinds[0], rb, kinds[1])
 
-    if a.dtype == xp.float32 and has_float64(xp, _device(a)):
-        # The rows float32 can't vouch for, evaluated again in float64 (float32's promise is
-        # then easy to meet); what that still can't vouch for gets the careful evaluation.
+    if a.dtype == xp.float32 and is_concrete(a) and has_float64(xp, _device(a)):
+        # Eagerly, the rows float32 can't vouch for are evaluated again in float64 (float32's
+        # promise is then easy to meet); what that still can't vouch for gets the careful
+        # evaluation, which traced code uses directly (it then runs only when needed).
+        fn = categorical_terms(*kinds, promise=_PROMISE[24])  # made here: not inside a cond
+
         def exact(ra: Any, rb: Any) -> Any:
             wide = (xp.astype(ra, xp.float64), xp.astype(rb, xp.float64))
-            fn = categorical_terms(*kinds, promise=_PROMISE[24])
-            v, ok2 = closed_form(xp, fn, wide, axis=-1)
             shape = broadcast_shapes({"p": tuple(ra.shape), "q": tuple(rb.shape)})
-            return xp.astype(refine(xp, v, careful, (ra, rb), shape, ok=ok2), xp.float32)
+            return xp.astype(evaluate(xp, fn, wide, careful, shape, refit=False), xp.float32)
     else:
         exact = careful
 
-    return refine(xp, value, exact, (a, b), full, ok=ok)
+    return evaluate(xp, categorical_terms(*kinds), (a, b), exact, full, refit=False)

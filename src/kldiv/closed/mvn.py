@@ -52,7 +52,9 @@ from typing import Any
 from .._registry import register_kl
 from .._xp import (
     _device,
+    broadcast_shapes,
     cholesky,
+    closed_form,
     gram_residual,
     has_float64,
     log_ratio,
@@ -161,12 +163,13 @@ def _diag(xp: Any, a: Any) -> Any:
     return xp.abs(xp.linalg.diagonal(a))
 
 
-def kl_scales(xp: Any, dloc: Any, p: Scale, q: Scale) -> Any:
+def kl_scales(xp: Any, dloc: Any, p: Scale, q: Scale, parts: bool = False) -> Any:
     r"""KL(p || q) from ``dloc`` :math:`= \mu_p - \mu_q` and the two sides' :class:`Scale`.
 
-    ``dloc`` has shape ``(..., k)``, the triangular factors ``(..., k, k)``; batch axes
-    broadcast and the event axis is summed (see the module docstring for the formula). Only the
-    lower triangles of the factors are read, and the signs of their diagonals don't matter.
+    ``dloc`` has shape ``(..., k)``, the triangular factors ``(..., k, k)`` (lower-triangular,
+    zeros above the diagonal, as :func:`factor` makes them); batch axes broadcast and the event
+    axis is summed (see the module docstring for the formula). The signs of their diagonals
+    don't matter.
 
     Where a side carries a correction :math:`S`, the result adds the first-order term
     :math:`\tfrac12\big(\langle M^\top M - I, S_p\rangle
@@ -183,26 +186,31 @@ def kl_scales(xp: Any, dloc: Any, p: Scale, q: Scale) -> Any:
     z = dloc[..., None]
     z = b @ z if q.inverse else solve_triangular(xp, b, z, lower=True)  # L_q^-1 (mu_p - mu_q)
     if not p.inverse and not q.inverse:  # M - I = L_q^-1 (L_p - L_q)
-        delta = solve_triangular(xp, b, tril(xp, a) - tril(xp, b), lower=True)
+        delta = solve_triangular(xp, b, a - b, lower=True)
         log_m = log_ratio(xp, _diag(xp, a), _diag(xp, b))
     elif p.inverse and q.inverse:  # M = K_q K_p^-1, M - I = (K_q - K_p) K_p^-1
-        diff = tril(xp, b) - tril(xp, a)
+        diff = b - a
         delta = _t(xp, solve_triangular(xp, _t(xp, a), _t(xp, diff), lower=False))
         log_m = log_ratio(xp, _diag(xp, b), _diag(xp, a))
     elif q.inverse:  # M = K_q L_p
-        m = tril(xp, b) @ tril(xp, a)
+        m = b @ a
         delta = m - _eye(xp, m.shape[-1], m)
         log_m = log_ratio(xp, _diag(xp, a) * _diag(xp, b), xp.ones_like(_diag(xp, a)))
     else:  # M = L_q^-1 K_p^-1 = (K_p L_q)^-1
-        kp_lq = tril(xp, a) @ tril(xp, b)
+        kp_lq = a @ b
         eye = _eye(xp, kp_lq.shape[-1], kp_lq)
         delta = solve_triangular(xp, kp_lq, eye, lower=True) - eye
         d = _diag(xp, a) * _diag(xp, b)
         log_m = log_ratio(xp, xp.ones_like(d), d)
-    delta = tril(xp, delta)
-    below = tril(xp, delta, -1)
+    # Every factor is lower-triangular (and so is delta: a product or a solve of such ones, with
+    # exact zeros above the diagonal), so the strictly lower part's squares are the total less
+    # the diagonal's; the diagonal's are at most about the KL's own size.
+    d = xp.linalg.diagonal(delta)
+    below_sq = xp.sum(delta * delta, axis=(-2, -1)) - xp.sum(d * d, axis=-1)
     diag_terms = xp.sum(phi(xp, 2.0 * log_m), axis=-1)
-    kl = 0.5 * (diag_terms + xp.sum(below * below, axis=(-2, -1)) + xp.sum(z * z, axis=(-2, -1)))
+    kl = 0.5 * (diag_terms + below_sq + xp.sum(z * z, axis=(-2, -1)))
+    if parts:  # for the gradient: M - I and z = L_q^-1 (mu_p - mu_q), as a column
+        return kl, delta, z
     if p.s is None and q.s is None:
         return kl
     delta_t = _t(xp, delta)
@@ -229,6 +237,9 @@ def _kl_gaussians(p: MultivariateNormal | Normal, q: MultivariateNormal | Normal
         return d.matrix if isinstance(d, MultivariateNormal) else d.scale
 
     (loc_p, arr_p, loc_q, arr_q), dtype = _widen(xp, p.loc, param_array(p), q.loc, param_array(q))
+    if getattr(p, "param", None) == getattr(q, "param", None) == "scale_tril":
+        value = closed_form(xp, _scale_tril_terms, (loc_p, arr_p, loc_q, arr_q))
+        return _narrow(xp, value, dtype)
     refine = _refine(xp, dtype, mvn.matrix)
 
     def scale(d: MultivariateNormal | Normal, arr: Any) -> Scale:
@@ -237,6 +248,51 @@ def _kl_gaussians(p: MultivariateNormal | Normal, q: MultivariateNormal | Normal
         return diag_scale(xp, d.param, arr, k)
 
     return _narrow(xp, kl_scales(xp, loc_p - loc_q, scale(p, arr_p), scale(q, arr_q)), dtype)
+
+
+def _scale_tril_terms(
+    xp: Any, loc_p: Any, tri_p: Any, loc_q: Any, tri_q: Any, need: tuple, smooth: bool = False
+) -> tuple:
+    r"""Two ``scale_tril`` sides, as a :func:`kldiv._xp.closed_form` function: the value of
+    :func:`kl_scales` and the formula's own gradient. With :math:`M = L_q^{-1}L_p`,
+    :math:`z = L_q^{-1}(\mu_p - \mu_q)` and :math:`[W_M, w_z] = L_q^{-\top}[M, z]`,
+
+    .. math::
+
+        \partial_{\mu_p} = w_z = -\partial_{\mu_q},\quad
+        \partial_{L_p} = \mathrm{tril}(W_M) - \mathrm{diag}(1/L_{p,ii}),\quad
+        \partial_{L_q} = -\mathrm{tril}(W_M M^\top + w_z z^\top) + \mathrm{diag}(1/L_{q,ii}),
+
+    one triangular solve and one matrix product beyond the value.
+    """
+    a, b = tril(xp, tri_p), tril(xp, tri_q)
+    value, delta, z = kl_scales(xp, loc_p - loc_q, Scale(a), Scale(b), parts=True)
+    partials: list = [None] * 4
+    if any(need):
+        k = a.shape[-1]
+        m = delta + _eye(xp, k, delta)
+        batch = broadcast_shapes({"M": tuple(m.shape[:-2]), "z": tuple(z.shape[:-2])})
+        m = xp.broadcast_to(m, (*batch, k, k))
+        rhs = xp.concat([m, xp.broadcast_to(z, (*batch, k, 1))], axis=-1)
+        w = solve_triangular(xp, _t(xp, b), rhs, lower=False)
+        w_m, w_z = w[..., :k], w[..., k:]
+        if need[0] or need[2]:
+            g = w_z[..., 0]
+            partials[0] = g if need[0] else None
+            partials[2] = -g if need[2] else None
+        if need[1]:
+            inv_a = 1.0 / xp.linalg.diagonal(a)
+            partials[1] = tril(xp, w_m) - _diag_matrix(xp, inv_a)
+        if need[3]:
+            inv_b = 1.0 / xp.linalg.diagonal(b)
+            partials[3] = _diag_matrix(xp, inv_b) - tril(xp, w_m @ _t(xp, m) + w_z @ _t(xp, z))
+    return value, partials
+
+
+def _diag_matrix(xp: Any, d: Any) -> Any:
+    """A batch of diagonal matrices from their diagonals ``(..., k)``."""
+    k = d.shape[-1]
+    return d[..., None] * _eye(xp, k, d)
 
 
 @register_kl(MultivariateNormal, MultivariateNormal)

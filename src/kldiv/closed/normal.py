@@ -31,13 +31,15 @@ from typing import Any
 
 from .._registry import register_kl
 from .._xp import (
-    closed_form,
+    broadcast_shapes,
+    evaluate,
     finite_partials,
+    is_concrete,
+    library_of,
     log_ratio,
     log_ratio_fast,
     log_ratio_of_square,
     phi_fast,
-    refine,
     weighted_phi,
     xp_of,
 )
@@ -144,6 +146,15 @@ def _inv_sigma(xp: Any, param: str, s: Any) -> Any:
     return xp.exp((-1.0 if param == "log_std" else -0.5) * s)
 
 
+def _gap_over_sigma(xp: Any, gap: Any, param: str, s: Any, inv: Any) -> Any:
+    """``gap / sigma``; from a log scale in two halves, ``exp(-log sigma)`` may overflow where
+    the quotient doesn't."""
+    if param in ("std", "var"):
+        return gap * inv
+    half = xp.exp((-0.5 if param == "log_std" else -0.25) * s)
+    return (gap * half) * half
+
+
 def _ratio_term(xp: Any, kind_p: str, sp: Any, kind_q: str, sq: Any, smooth: bool) -> Any:
     """``d = log(var_p / var_q)`` (``None`` for a standard side); ``smooth``: differentiable
     twice (the exact evaluation's log-ratio) rather than branch-free."""
@@ -161,7 +172,9 @@ def _ratio_term(xp: Any, kind_p: str, sp: Any, kind_q: str, sq: Any, smooth: boo
 
 def _scaled(value: Any, param: str, table: dict, s: Any) -> Any:
     f = table[param]
-    return value * (f if isinstance(f, float) else f(s))
+    if isinstance(f, float):
+        return value if f == 1.0 else value * f
+    return value * f(s)
 
 
 _TERMS: dict = {}  # one function per layout: JAX and torch.compile see the same object each call
@@ -182,12 +195,19 @@ def normal_terms(kind_p: str, kind_q: str, p_standard: bool, q_standard: bool) -
         mp, sp = (None, None) if p_standard else (next(it), next(it))
         mq, sq = (None, None) if q_standard else (next(it), next(it))
         d = _ratio_term(xp, kind_p, sp, kind_q, sq, smooth)
+        if sp is not None and sq is not None and kind_p == kind_q and kind_p in ("std", "var"):
+            if not is_concrete(d):  # traced: a ratio beyond the float range, from the logs
+                far = _TO_LOG_VAR[kind_p](xp, sp) - _TO_LOG_VAR[kind_q](xp, sq)
+                d = xp.where(xp.isinf(d) & xp.isfinite(far), far, d)
         e = xp.expm1(d)
         gap = mp if mq is None else (-mq if mp is None else mp - mq)
         inv = None if sq is None else _inv_sigma(xp, kind_q, sq)
-        z = gap if inv is None else gap * inv
+        z = gap if inv is None else _gap_over_sigma(xp, gap, kind_q, sq, inv)
         value = phi_fast(xp, d, e)
-        value += z * z
+        if library_of(z) == "torch":
+            value.addcmul_(z, z)
+        else:
+            value += z * z
         value *= 0.5
         partials: list = []
         if not p_standard:
@@ -205,12 +225,33 @@ def normal_terms(kind_p: str, kind_q: str, p_standard: bool, q_standard: bool) -
                     else None
                 ),
             ]
-        if any(need):
-            partials = finite_partials(xp, value, partials)
+        if not is_concrete(value):  # traced: the exact evaluation's edges, fused in
+            value = _edges(xp, value, gap, kind_p, sp, kind_q, sq)
+            if any(need):
+                partials = finite_partials(xp, value, partials)
         return value, partials
 
     _TERMS[key] = fn
     return fn
+
+
+def _point_mass(xp: Any, kind: str, s: Any) -> Any:
+    return s == (-math.inf if kind in ("log_std", "log_var") else 0.0)
+
+
+def _edges(xp: Any, value: Any, gap: Any, kind_p: str, sp: Any, kind_q: str, sq: Any) -> Any:
+    """What :func:`kl_normal_normal_exact` gives where the fast formula is not finite: ``+inf``
+    where a side is a point mass or a scale is infinite (NaN only from NaN or undefined input),
+    and 0 for two point masses at the same place. For traced code (fused, branch-free)."""
+    nan_in = xp.isnan(gap)
+    for s in (sp, sq):
+        if s is not None:
+            nan_in = nan_in | xp.isnan(s)
+    value = xp.where(xp.isnan(value) & ~nan_in, math.inf, value)
+    if sp is not None and sq is not None:
+        same = _point_mass(xp, kind_p, sp) & _point_mass(xp, kind_q, sq) & (gap == 0)
+        value = xp.where(same, 0.0, value)
+    return value
 
 
 def _fast_args(p: Normal, q: Normal) -> tuple[tuple, str, str]:
@@ -236,14 +277,14 @@ def kl_normal_normal(p: Normal, q: Normal) -> Any:
         return kl_normal_normal_exact(p, q)
     args, kind_p, kind_q = _fast_args(p, q)
     fn = normal_terms(kind_p, kind_q, p.standard_, q.standard_)
-    value = closed_form(xp, fn, args)
-    shape = tuple(value.shape)
-    fields = ("loc", p.param, "loc", q.param)
-    arrays = (p.loc, p.scale, q.loc, q.scale)
 
     def exact(*a: Any) -> Any:
-        sub_p = p if p.standard_ else p._replace(loc=a[0], **{fields[1]: a[1]})
-        sub_q = q if q.standard_ else q._replace(loc=a[2], **{fields[3]: a[3]})
+        it = iter(a)
+        sub_p = p if p.standard_ else p._replace(loc=next(it), **{p.param: next(it)})
+        sub_q = q if q.standard_ else q._replace(loc=next(it), **{q.param: next(it)})
         return kl_normal_normal_exact(sub_p, sub_q)
 
-    return refine(xp, value, exact, arrays, shape)
+    shape = broadcast_shapes(
+        {f"arg{i}": tuple(getattr(a, "shape", ())) for i, a in enumerate(args)}
+    )
+    return evaluate(xp, fn, args, exact, shape, traced_exact=False)
