@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +25,13 @@ import torch.distributions as D
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kldiv_audit_held_out_corpus import Case  # noqa: E402  (loaded by score.py)
+_CORPUS = "kldiv_audit_held_out_corpus"
+if _CORPUS not in sys.modules:  # corpus.py holds Case; load it as test_corpus.py does
+    _spec = importlib.util.spec_from_file_location(_CORPUS, Path(__file__).with_name("corpus.py"))
+    assert _spec is not None and _spec.loader is not None
+    sys.modules[_CORPUS] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules[_CORPUS])
+Case = sys.modules[_CORPUS].Case
 
 HAVE_JAX = importlib.util.find_spec("jax") is not None
 if HAVE_JAX:
@@ -34,7 +42,7 @@ EXACT = ("exact", "exact-scaled")
 ESTIMATOR = ("unbiased-estimator", "biased-estimator")
 
 
-# --- normal-standard ------------------------------------------------------------------------------
+# --- normal-standard -----------------------------------------------------------------------------
 def blitz_style_sampled_kl(mu, rho):
     # blitz-bayesian-pytorch TrainableRandomDistribution: sigma = log1p(exp(rho)), w = mu + sigma *
     # eps sampled inside, complexity cost = log q(w) - log p(w), here with a N(0, 1) prior
@@ -92,7 +100,7 @@ if HAVE_JAX:
         return -0.5 * (jnp.sum(v) + jnp.sum(mu**2) - 1 - jnp.sum(jnp.log(v)))
 
 
-# --- normal ----------------------------------------------------------------------------------------
+# --- normal --------------------------------------------------------------------------------------
 def bayesian_torch_kl_div(mu_q, sigma_q, mu_p, sigma_p):
     # IntelLabs/bayesian-torch BaseVariationalLayer_.kl_div: mean over all elements
     kl = (
@@ -132,7 +140,11 @@ def gaussian_kl_locs_first(mu_q, mu_p, logvar_q, logvar_p):
 def numpy_normal_kl_elementwise(mean1, logvar1, mean2, logvar2):
     # guided-diffusion normal_kl written with numpy: one term per element
     return 0.5 * (
-        -1.0 + logvar2 - logvar1 + np.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * np.exp(-logvar2)
+        -1.0
+        + logvar2
+        - logvar1
+        + np.exp(logvar1 - logvar2)
+        + (mean1 - mean2) ** 2 * np.exp(-logvar2)
     )
 
 
@@ -151,7 +163,7 @@ def softplus_std_pair(mu_q, rho_q, mu_p, rho_p):
     return D.kl_divergence(q, p).sum()
 
 
-# --- categorical -----------------------------------------------------------------------------------
+# --- categorical ---------------------------------------------------------------------------------
 if HAVE_JAX:
 
     def rlax_categorical_kl(p_logits, q_logits):
@@ -162,7 +174,7 @@ if HAVE_JAX:
         return jax.nn.relu(jnp.sum(p * (log_p - log_q), axis=-1))
 
     def optax_convex_kl(log_predictions, targets):
-        # optax convex_kl_divergence: adds exp(log_predictions) - targets (sums to 0 when normalized)
+        # optax convex_kl_divergence: adds exp(log_predictions) - targets (0 when normalized)
         return jnp.sum(
             targets * (jnp.log(targets) - log_predictions) + jnp.exp(log_predictions) - targets,
             axis=-1,
@@ -199,9 +211,7 @@ def gkd_jsd_default_beta(student_logits, teacher_logits):
     beta = 0.5
     s = F.log_softmax(student_logits, dim=-1)
     t = F.log_softmax(teacher_logits, dim=-1)
-    mix = torch.logsumexp(
-        torch.stack([s + math.log(1 - beta), t + math.log(beta)]), dim=0
-    )
+    mix = torch.logsumexp(torch.stack([s + math.log(1 - beta), t + math.log(beta)]), dim=0)
     kl_t = F.kl_div(mix, t, reduction="none", log_target=True)
     kl_s = F.kl_div(mix, s, reduction="none", log_target=True)
     jsd = beta * kl_t + (1 - beta) * kl_s
@@ -296,7 +306,7 @@ def sampled_token_kl(p_logits, q_logits):
     return (flat_p.gather(-1, idx) - flat_q.gather(-1, idx)).mean()
 
 
-# --- log-ratio -------------------------------------------------------------------------------------
+# --- log-ratio -----------------------------------------------------------------------------------
 def verl_k3_plus(logprob, ref_logprob):
     # verl kl_penalty "k3+": value k3, gradient k2 (straight-through)
     kl = ref_logprob - logprob
@@ -364,7 +374,7 @@ if HAVE_JAX:
         return jnp.mean(logp - logp_ref)
 
 
-# --- normal-sample ---------------------------------------------------------------------------------
+# --- normal-sample -------------------------------------------------------------------------------
 class EspnetVitsKL(nn.Module):
     # espnet2 gan_tts/vits/loss.py KLDivergenceLoss, as a module
     def forward(self, z_p, logs_q, m_p, logs_p, z_mask):
@@ -375,7 +385,8 @@ class EspnetVitsKL(nn.Module):
 
 
 def bolts_kl_given_z(z, mu, log_var):
-    # Lightning-Bolts kl with z given: (log q(z) - log p(z)).mean() over batch and latent, p = N(0, I)
+    # Lightning-Bolts kl with z given: (log q(z) - log p(z)).mean() over batch and latent,
+    # p = N(0, I)
     std = torch.exp(log_var / 2)
     q = D.Normal(mu, std)
     p = D.Normal(torch.zeros_like(mu), torch.ones_like(std))
@@ -391,157 +402,412 @@ def mc_kl_sum_then_mean(z, mu, logvar):
 
 
 CASES: list[Case] = [
-    Case("h_ns_blitz_sampled_softplus", "normal-standard", blitz_style_sampled_kl,
-         {"verdict": "unbiased-estimator", "params": {"rho": "softplus"}},
-         source="piEsposito/blitz-bayesian-deep-learning TrainableRandomDistribution"),
-    Case("h_ns_bolts_rsample_mean", "normal-standard", bolts_kl_rsample,
-         {"verdict": "unbiased-estimator", "params": {"log_var": "log_var"}},
-         source="Lightning-Universe/lightning-bolts models/autoencoders/basic_vae"),
-    Case("h_ns_logvar_first", "normal-standard", vae_logvar_first,
-         {"verdict": "exact", "params": {"logvar": "log_var"}},
-         source="pytorch/examples vae, arguments swapped"),
-    Case("h_ns_beta_required", "normal-standard", beta_vae_required_beta,
-         {"verdict": "exact-scaled", "params": {"logvar": "log_var"}},
-         source="beta-VAE with a beta argument", args={"beta": 4.0}),
-    Case("h_ns_dreamer_v3_free_bits", "normal-standard", dreamer_v3_free_bits_row,
-         {"verdict": EXACT, "params": {"log_std": "log_std"}, "problems": ("floor",)},
-         source="danijar/dreamerv3 free bits (clip from below at 1 nat)"),
-    Case("h_ns_numpy_log_sigma", "normal-standard", numpy_vae_sum_over_batch,
-         {"verdict": "exact", "params": {"log_sigma": "log_std"}},
-         source="numpy VAE with a log-sigma encoder"),
-    Case("h_ns_module", "normal-standard", KLStandardModule(),
-         {"verdict": "exact", "params": {"logvar": "log_var"}},
-         source="an nn.Module KL term"),
-    Case("h_n_bayesian_torch_mean", "normal", bayesian_torch_kl_div,
-         {"verdict": "exact-scaled", "params": {"sigma_q": "std", "sigma_p": "std"},
-          "direction": "a||b"},
-         source="IntelLabs/bayesian-torch layers/base_variational_layer.py kl_div"),
-    Case("h_n_bbb_prior_floats", "normal", bbb_prior_as_float,
-         {"verdict": "exact", "params": {"sigma": "std", "sigma_prior": "std"},
-          "direction": "a||b"},
-         source="Bayes by Backprop KL with a float prior (math.log)"),
-    Case("h_n_espnet_without_flow", "normal", EspnetKLWithoutFlow(),
-         {"verdict": "exact-scaled", "params": {"logs_q": "log_std", "logs_p": "log_std"},
-          "direction": "a||b"},
-         source="espnet2 gan_tts/vits/loss.py KLDivergenceLossWithoutFlow"),
-    Case("h_n_locs_first", "normal", gaussian_kl_locs_first,
-         {"verdict": "exact", "params": {"logvar_q": "log_var", "logvar_p": "log_var"},
-          "direction": "a||b"},
-         source="Gaussian KL with (mu_q, mu_p, logvar_q, logvar_p)"),
-    Case("h_n_numpy_elementwise", "normal", numpy_normal_kl_elementwise,
-         {"verdict": "exact", "params": {"logvar1": "log_var", "logvar2": "log_var"},
-          "direction": "a||b"},
-         source="openai/guided-diffusion losses.normal_kl in numpy"),
-    Case("h_n_dreamer_free_nats", "normal", dreamer_v1_free_nats,
-         {"verdict": EXACT, "params": {"post_std": "std", "prior_std": "std"},
-          "direction": "a||b", "problems": ("floor",)},
-         source="danijar/dreamer models: max(mean KL, free_nats = 3)"),
-    Case("h_n_softplus_pair", "normal", softplus_std_pair,
-         {"verdict": "exact", "params": {"rho_q": "softplus", "rho_p": "softplus"},
-          "direction": "a||b"},
-         source="softplus-scaled posteriors, torch.distributions KL"),
-    Case("h_c_mmdet_kd", "categorical", mmdet_kd_kl_div,
-         {"verdict": "exact-scaled", "params": {"pred": "logits", "soft_label": "logits"},
-          "direction": "b||a", "temperature": 10.0},
-         source="open-mmlab/mmdetection losses/kd_loss.py", args={"T": 10}),
-    Case("h_c_repdistiller", "categorical", RepDistillerDistillKL(),
-         {"verdict": "exact-scaled", "params": {"y_s": "logits", "y_t": "logits"},
-          "direction": "b||a", "temperature": 4.0},
-         source="HobbitLong/RepDistiller distiller_zoo/KD.py"),
-    Case("h_c_gkd_jsd", "categorical", gkd_jsd_default_beta, {"verdict": "not-kl"},
-         source="huggingface/trl GKDTrainer.generalized_jsd_loss, beta = 0.5"),
-    Case("h_c_gkd_beta0", "categorical", gkd_forward_kl_beta0,
-         {"verdict": "exact", "params": {"student_logits": "logits", "teacher_logits": "logits"},
-          "direction": "b||a"},
-         source="huggingface/trl generalized_jsd_loss, beta = 0"),
-    Case("h_c_minillm_reverse", "categorical", minillm_reverse_kl,
-         {"verdict": "exact", "params": {"student_logits": "logits", "teacher_logits": "logits"},
-          "direction": "a||b"},
-         source="microsoft/LMOps minillm reverse KL"),
-    Case("h_c_distillm_skew", "categorical", distillm_skew_kl, {"verdict": "not-kl"},
-         source="jongwooko/distillm skew KL, alpha = 0.1"),
-    Case("h_c_seed004_3d", "categorical", kd_kl_div_batchmean_3d,
-         {"verdict": "exact", "params": {"s": "logits", "t": "logits"}, "direction": "b||a"},
-         source="seeds/004 on (B, T, V)"),
-    Case("h_c_sharpened_teacher", "categorical", kd_sharpened_teacher,
-         {"verdict": EXACT, "params": {"pred": "logits", "label": "logits"},
-          "direction": "b||a"},
-         source="softmax(10 * label) against log_softmax(pred)"),
-    Case("h_c_t2_twice", "categorical", kd_t_squared_twice,
-         {"verdict": "exact-scaled", "params": {"student": "logits", "teacher": "logits"},
-          "direction": "b||a", "temperature": 2.0},
-         source="T^2 applied twice"),
-    Case("h_c_divided_twice", "categorical", kd_divided_twice,
-         {"verdict": ("exact", "exact-scaled"), "params": {"student": "logits",
-                                                          "teacher": "logits"},
-          "direction": "b||a"},
-         source="flattened batchmean divided by the sequence length again"),
-    Case("h_c_cross_entropy", "categorical", kd_cross_entropy_logged_as_kl,
-         {"verdict": "not-kl"}, source="soft cross-entropy logged as KL"),
-    Case("h_c_torch_probs_mean", "categorical", torch_categorical_probs_mean,
-         {"verdict": "exact", "params": {"p": "probs", "q": "probs"}, "direction": "a||b"},
-         source="torch.distributions Categorical(probs) KL mean"),
-    Case("h_c_keras_clip_mean", "categorical", keras_style_clip_numpy,
-         {"verdict": "exact", "params": {"y_true": "probs", "y_pred": "probs"},
-          "direction": "a||b", "problems": ("clip",)},
-         source="keras losses.kl_divergence, numpy"),
-    Case("h_c_fixed_ten_classes", "categorical", kd_fixed_ten_classes,
-         {"verdict": "could-not-audit"}, source="a KD loss hard-wired to 10 classes"),
-    Case("h_c_sampled_token", "categorical", sampled_token_kl,
-         {"verdict": "unbiased-estimator", "params": {"p_logits": "logits", "q_logits": "logits"},
-          "direction": "a||b"},
-         source="one sampled class per distribution, log p - log q"),
-    Case("h_lr_verl_k3_plus", "log-ratio", verl_k3_plus, {"verdict": "unbiased-estimator"},
-         source="volcengine/verl kl_penalty 'k3+'"),
-    Case("h_lr_verl_k1_plus", "log-ratio", verl_k1_plus, {"verdict": "unbiased-estimator"},
-         source="volcengine/verl kl_penalty 'k1+'"),
-    Case("h_lr_trl_bias_corrected", "log-ratio", trl_bias_corrected_k3,
-         {"verdict": "unbiased-estimator"},
-         source="huggingface/trl GRPOTrainer use_bias_correction_kl"),
-    Case("h_lr_iw_k1_detached", "log-ratio", iw_k1_detached_weight,
-         {"verdict": "unbiased-estimator"}, source="importance-weighted k1, weight detached"),
-    Case("h_lr_iw_inverted", "log-ratio", iw_weight_inverted,
-         {"verdict": ("biased-estimator", "not-kl")}, source="importance weight inverted"),
-    Case("h_lr_openrlhf_k2_masked", "log-ratio", openrlhf_k2_masked,
-         {"verdict": "biased-estimator"}, source="OpenRLHF compute_approx_kl k2, masked mean"),
-    Case("h_lr_openrlhf_k3_clamped", "log-ratio", openrlhf_k3_clamped_ratio,
-         {"verdict": ESTIMATOR}, source="OpenRLHF compute_approx_kl k3 with log-ratio clamp"),
-    Case("h_lr_low_var_kl_mean", "log-ratio", low_var_kl_token_mean,
-         {"verdict": ESTIMATOR, "problems": ("clamp", "clip")},
-         source="volcengine/verl low_var_kl, token mean"),
-    Case("h_s_espnet_vits_module", "normal-sample", EspnetVitsKL(),
-         {"verdict": "unbiased-estimator", "params": {"logs_q": "log_std", "logs_p": "log_std"}},
-         roles={"z_p": "sample", "logs_q": "q.scale", "m_p": "p.loc", "logs_p": "p.scale",
-                "z_mask": "mask"},
-         source="espnet2 gan_tts/vits/loss.py KLDivergenceLoss"),
-    Case("h_s_bolts_given_z", "normal-sample", bolts_kl_given_z,
-         {"verdict": "unbiased-estimator", "params": {"log_var": "log_var"}},
-         roles={"z": "sample", "mu": "q.loc", "log_var": "q.scale"},
-         source="Lightning-Bolts kl_loss(p, q, z), p = N(0, I)"),
-    Case("h_s_sum_then_mean", "normal-sample", mc_kl_sum_then_mean,
-         {"verdict": "unbiased-estimator", "params": {"logvar": "log_var"}},
-         roles={"z": "sample", "mu": "q.loc", "logvar": "q.scale"},
-         source="(log q - log p).sum(-1).mean() on (B, D) latents"),
+    Case(
+        "h_ns_blitz_sampled_softplus",
+        "normal-standard",
+        blitz_style_sampled_kl,
+        {"verdict": "unbiased-estimator", "params": {"rho": "softplus"}},
+        source="piEsposito/blitz-bayesian-deep-learning TrainableRandomDistribution",
+    ),
+    Case(
+        "h_ns_bolts_rsample_mean",
+        "normal-standard",
+        bolts_kl_rsample,
+        {"verdict": "unbiased-estimator", "params": {"log_var": "log_var"}},
+        source="Lightning-Universe/lightning-bolts models/autoencoders/basic_vae",
+    ),
+    Case(
+        "h_ns_logvar_first",
+        "normal-standard",
+        vae_logvar_first,
+        {"verdict": "exact", "params": {"logvar": "log_var"}},
+        source="pytorch/examples vae, arguments swapped",
+    ),
+    Case(
+        "h_ns_beta_required",
+        "normal-standard",
+        beta_vae_required_beta,
+        {"verdict": "exact-scaled", "params": {"logvar": "log_var"}},
+        source="beta-VAE with a beta argument",
+        args={"beta": 4.0},
+    ),
+    Case(
+        "h_ns_dreamer_v3_free_bits",
+        "normal-standard",
+        dreamer_v3_free_bits_row,
+        {"verdict": EXACT, "params": {"log_std": "log_std"}, "problems": ("floor",)},
+        source="danijar/dreamerv3 free bits (clip from below at 1 nat)",
+    ),
+    Case(
+        "h_ns_numpy_log_sigma",
+        "normal-standard",
+        numpy_vae_sum_over_batch,
+        {"verdict": "exact", "params": {"log_sigma": "log_std"}},
+        source="numpy VAE with a log-sigma encoder",
+    ),
+    Case(
+        "h_ns_module",
+        "normal-standard",
+        KLStandardModule(),
+        {"verdict": "exact", "params": {"logvar": "log_var"}},
+        source="an nn.Module KL term",
+    ),
+    Case(
+        "h_n_bayesian_torch_mean",
+        "normal",
+        bayesian_torch_kl_div,
+        {
+            "verdict": "exact-scaled",
+            "params": {"sigma_q": "std", "sigma_p": "std"},
+            "direction": "a||b",
+        },
+        source="IntelLabs/bayesian-torch layers/base_variational_layer.py kl_div",
+    ),
+    Case(
+        "h_n_bbb_prior_floats",
+        "normal",
+        bbb_prior_as_float,
+        {"verdict": "exact", "params": {"sigma": "std", "sigma_prior": "std"}, "direction": "a||b"},
+        source="Bayes by Backprop KL with a float prior (math.log)",
+    ),
+    Case(
+        "h_n_espnet_without_flow",
+        "normal",
+        EspnetKLWithoutFlow(),
+        {
+            "verdict": "exact-scaled",
+            "params": {"logs_q": "log_std", "logs_p": "log_std"},
+            "direction": "a||b",
+        },
+        source="espnet2 gan_tts/vits/loss.py KLDivergenceLossWithoutFlow",
+    ),
+    Case(
+        "h_n_locs_first",
+        "normal",
+        gaussian_kl_locs_first,
+        {
+            "verdict": "exact",
+            "params": {"logvar_q": "log_var", "logvar_p": "log_var"},
+            "direction": "a||b",
+        },
+        source="Gaussian KL with (mu_q, mu_p, logvar_q, logvar_p)",
+    ),
+    Case(
+        "h_n_numpy_elementwise",
+        "normal",
+        numpy_normal_kl_elementwise,
+        {
+            "verdict": "exact",
+            "params": {"logvar1": "log_var", "logvar2": "log_var"},
+            "direction": "a||b",
+        },
+        source="openai/guided-diffusion losses.normal_kl in numpy",
+    ),
+    Case(
+        "h_n_dreamer_free_nats",
+        "normal",
+        dreamer_v1_free_nats,
+        {
+            "verdict": EXACT,
+            "params": {"post_std": "std", "prior_std": "std"},
+            "direction": "a||b",
+            "problems": ("floor",),
+        },
+        source="danijar/dreamer models: max(mean KL, free_nats = 3)",
+    ),
+    Case(
+        "h_n_softplus_pair",
+        "normal",
+        softplus_std_pair,
+        {
+            "verdict": "exact",
+            "params": {"rho_q": "softplus", "rho_p": "softplus"},
+            "direction": "a||b",
+        },
+        source="softplus-scaled posteriors, torch.distributions KL",
+    ),
+    Case(
+        "h_c_mmdet_kd",
+        "categorical",
+        mmdet_kd_kl_div,
+        {
+            "verdict": "exact-scaled",
+            "params": {"pred": "logits", "soft_label": "logits"},
+            "direction": "b||a",
+            "temperature": 10.0,
+        },
+        source="open-mmlab/mmdetection losses/kd_loss.py",
+        args={"T": 10},
+    ),
+    Case(
+        "h_c_repdistiller",
+        "categorical",
+        RepDistillerDistillKL(),
+        {
+            "verdict": "exact-scaled",
+            "params": {"y_s": "logits", "y_t": "logits"},
+            "direction": "b||a",
+            "temperature": 4.0,
+        },
+        source="HobbitLong/RepDistiller distiller_zoo/KD.py",
+    ),
+    Case(
+        "h_c_gkd_jsd",
+        "categorical",
+        gkd_jsd_default_beta,
+        {"verdict": "not-kl"},
+        source="huggingface/trl GKDTrainer.generalized_jsd_loss, beta = 0.5",
+    ),
+    Case(
+        "h_c_gkd_beta0",
+        "categorical",
+        gkd_forward_kl_beta0,
+        {
+            "verdict": "exact",
+            "params": {"student_logits": "logits", "teacher_logits": "logits"},
+            "direction": "b||a",
+        },
+        source="huggingface/trl generalized_jsd_loss, beta = 0",
+    ),
+    Case(
+        "h_c_minillm_reverse",
+        "categorical",
+        minillm_reverse_kl,
+        {
+            "verdict": "exact",
+            "params": {"student_logits": "logits", "teacher_logits": "logits"},
+            "direction": "a||b",
+        },
+        source="microsoft/LMOps minillm reverse KL",
+    ),
+    Case(
+        "h_c_distillm_skew",
+        "categorical",
+        distillm_skew_kl,
+        {"verdict": "not-kl"},
+        source="jongwooko/distillm skew KL, alpha = 0.1",
+    ),
+    Case(
+        "h_c_seed004_3d",
+        "categorical",
+        kd_kl_div_batchmean_3d,
+        {"verdict": "exact", "params": {"s": "logits", "t": "logits"}, "direction": "b||a"},
+        source="seeds/004 on (B, T, V)",
+    ),
+    Case(
+        "h_c_sharpened_teacher",
+        "categorical",
+        kd_sharpened_teacher,
+        {"verdict": EXACT, "params": {"pred": "logits", "label": "logits"}, "direction": "b||a"},
+        source="softmax(10 * label) against log_softmax(pred)",
+    ),
+    Case(
+        "h_c_t2_twice",
+        "categorical",
+        kd_t_squared_twice,
+        {
+            "verdict": "exact-scaled",
+            "params": {"student": "logits", "teacher": "logits"},
+            "direction": "b||a",
+            "temperature": 2.0,
+        },
+        source="T^2 applied twice",
+    ),
+    Case(
+        "h_c_divided_twice",
+        "categorical",
+        kd_divided_twice,
+        {
+            "verdict": ("exact", "exact-scaled"),
+            "params": {"student": "logits", "teacher": "logits"},
+            "direction": "b||a",
+        },
+        source="flattened batchmean divided by the sequence length again",
+    ),
+    Case(
+        "h_c_cross_entropy",
+        "categorical",
+        kd_cross_entropy_logged_as_kl,
+        {"verdict": "not-kl"},
+        source="soft cross-entropy logged as KL",
+    ),
+    Case(
+        "h_c_torch_probs_mean",
+        "categorical",
+        torch_categorical_probs_mean,
+        {"verdict": "exact", "params": {"p": "probs", "q": "probs"}, "direction": "a||b"},
+        source="torch.distributions Categorical(probs) KL mean",
+    ),
+    Case(
+        "h_c_keras_clip_mean",
+        "categorical",
+        keras_style_clip_numpy,
+        {
+            "verdict": "exact",
+            "params": {"y_true": "probs", "y_pred": "probs"},
+            "direction": "a||b",
+            "problems": ("clip",),
+        },
+        source="keras losses.kl_divergence, numpy",
+    ),
+    Case(
+        "h_c_fixed_ten_classes",
+        "categorical",
+        kd_fixed_ten_classes,
+        {"verdict": "could-not-audit"},
+        source="a KD loss hard-wired to 10 classes",
+    ),
+    Case(
+        "h_c_sampled_token",
+        "categorical",
+        sampled_token_kl,
+        {
+            "verdict": "unbiased-estimator",
+            "params": {"p_logits": "logits", "q_logits": "logits"},
+            "direction": "a||b",
+        },
+        source="one sampled class per distribution, log p - log q",
+    ),
+    Case(
+        "h_lr_verl_k3_plus",
+        "log-ratio",
+        verl_k3_plus,
+        {"verdict": "unbiased-estimator"},
+        source="volcengine/verl kl_penalty 'k3+'",
+    ),
+    Case(
+        "h_lr_verl_k1_plus",
+        "log-ratio",
+        verl_k1_plus,
+        {"verdict": "unbiased-estimator"},
+        source="volcengine/verl kl_penalty 'k1+'",
+    ),
+    Case(
+        "h_lr_trl_bias_corrected",
+        "log-ratio",
+        trl_bias_corrected_k3,
+        {"verdict": "unbiased-estimator"},
+        source="huggingface/trl GRPOTrainer use_bias_correction_kl",
+    ),
+    Case(
+        "h_lr_iw_k1_detached",
+        "log-ratio",
+        iw_k1_detached_weight,
+        {"verdict": "unbiased-estimator"},
+        source="importance-weighted k1, weight detached",
+    ),
+    Case(
+        "h_lr_iw_inverted",
+        "log-ratio",
+        iw_weight_inverted,
+        {"verdict": ("biased-estimator", "not-kl")},
+        source="importance weight inverted",
+    ),
+    Case(
+        "h_lr_openrlhf_k2_masked",
+        "log-ratio",
+        openrlhf_k2_masked,
+        {"verdict": "biased-estimator"},
+        source="OpenRLHF compute_approx_kl k2, masked mean",
+    ),
+    Case(
+        "h_lr_openrlhf_k3_clamped",
+        "log-ratio",
+        openrlhf_k3_clamped_ratio,
+        {"verdict": ESTIMATOR},
+        source="OpenRLHF compute_approx_kl k3 with log-ratio clamp",
+    ),
+    Case(
+        "h_lr_low_var_kl_mean",
+        "log-ratio",
+        low_var_kl_token_mean,
+        {"verdict": ESTIMATOR, "problems": ("clamp", "clip")},
+        source="volcengine/verl low_var_kl, token mean",
+    ),
+    Case(
+        "h_s_espnet_vits_module",
+        "normal-sample",
+        EspnetVitsKL(),
+        {"verdict": "unbiased-estimator", "params": {"logs_q": "log_std", "logs_p": "log_std"}},
+        roles={
+            "z_p": "sample",
+            "logs_q": "q.scale",
+            "m_p": "p.loc",
+            "logs_p": "p.scale",
+            "z_mask": "mask",
+        },
+        source="espnet2 gan_tts/vits/loss.py KLDivergenceLoss",
+    ),
+    Case(
+        "h_s_bolts_given_z",
+        "normal-sample",
+        bolts_kl_given_z,
+        {"verdict": "unbiased-estimator", "params": {"log_var": "log_var"}},
+        roles={"z": "sample", "mu": "q.loc", "log_var": "q.scale"},
+        source="Lightning-Bolts kl_loss(p, q, z), p = N(0, I)",
+    ),
+    Case(
+        "h_s_sum_then_mean",
+        "normal-sample",
+        mc_kl_sum_then_mean,
+        {"verdict": "unbiased-estimator", "params": {"logvar": "log_var"}},
+        roles={"z": "sample", "mu": "q.loc", "logvar": "q.scale"},
+        source="(log q - log p).sum(-1).mean() on (B, D) latents",
+    ),
 ]
 
 if HAVE_JAX:
     CASES += [
-        Case("h_ns_rlax_kl_to_standard", "normal-standard", rlax_kl_to_standard_normal,
-             {"verdict": "not-kl"}, backend="jax",
-             source="google-deepmind/rlax distributions.gaussian_diagonal kl_to_standard_normal"),
-        Case("h_c_rlax_categorical", "categorical", rlax_categorical_kl,
-             {"verdict": "exact", "params": {"p_logits": "logits", "q_logits": "logits"},
-              "direction": "a||b"}, backend="jax",
-             source="google-deepmind/rlax categorical_kl_divergence"),
-        Case("h_c_optax_convex", "categorical", optax_convex_kl,
-             {"verdict": "exact", "params": {"log_predictions": "log_probs", "targets": "probs"},
-              "direction": "b||a"}, backend="jax",
-             source="google-deepmind/optax convex_kl_divergence"),
-        Case("h_c_optax_log_targets", "categorical", optax_kl_log_targets,
-             {"verdict": "exact", "params": {"log_predictions": "log_probs",
-                                             "log_targets": "log_probs"},
-              "direction": "b||a"}, backend="jax",
-             source="google-deepmind/optax kl_divergence_with_log_targets"),
-        Case("h_lr_jax_k1_mean", "log-ratio", jax_k1_mean, {"verdict": "unbiased-estimator"},
-             backend="jax", source="k1 token mean in jax.numpy"),
+        Case(
+            "h_ns_rlax_kl_to_standard",
+            "normal-standard",
+            rlax_kl_to_standard_normal,
+            {"verdict": "not-kl"},
+            backend="jax",
+            source="google-deepmind/rlax distributions.gaussian_diagonal kl_to_standard_normal",
+        ),
+        Case(
+            "h_c_rlax_categorical",
+            "categorical",
+            rlax_categorical_kl,
+            {
+                "verdict": "exact",
+                "params": {"p_logits": "logits", "q_logits": "logits"},
+                "direction": "a||b",
+            },
+            backend="jax",
+            source="google-deepmind/rlax categorical_kl_divergence",
+        ),
+        Case(
+            "h_c_optax_convex",
+            "categorical",
+            optax_convex_kl,
+            {
+                "verdict": "exact",
+                "params": {"log_predictions": "log_probs", "targets": "probs"},
+                "direction": "b||a",
+            },
+            backend="jax",
+            source="google-deepmind/optax convex_kl_divergence",
+        ),
+        Case(
+            "h_c_optax_log_targets",
+            "categorical",
+            optax_kl_log_targets,
+            {
+                "verdict": "exact",
+                "params": {"log_predictions": "log_probs", "log_targets": "log_probs"},
+                "direction": "b||a",
+            },
+            backend="jax",
+            source="google-deepmind/optax kl_divergence_with_log_targets",
+        ),
+        Case(
+            "h_lr_jax_k1_mean",
+            "log-ratio",
+            jax_k1_mean,
+            {"verdict": "unbiased-estimator"},
+            backend="jax",
+            source="k1 token mean in jax.numpy",
+        ),
     ]

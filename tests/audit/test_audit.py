@@ -65,7 +65,15 @@ def gaussian_pair_reversed(mu1, s1, mu2, s2):  # KL(N2 || N1) with standard devi
     ("fn", "kind", "verdict", "params", "direction", "reduction", "factor"),
     [
         (vae_log_var, "normal-standard", "exact", {"log_var": "log_var"}, None, "none", "1"),
-        (vae_log_std_as_log_var, "normal-standard", "not-kl", {}, None, None, None),
+        (
+            vae_log_std_as_log_var,
+            "normal-standard",
+            "not-kl",
+            {"log_std": "log_std"},
+            None,
+            None,
+            None,
+        ),
         (
             gaussian_pair_reversed,
             "normal",
@@ -135,7 +143,8 @@ def test_categorical_symmetric_is_not_kl():
 
 def test_temperature_and_hinton_factor_are_found():
     r = audit(distill_t3, "categorical")
-    assert (r.verdict, r.direction, r.reduction) == ("exact-scaled", "b||a", "mean")
+    # sum / B: at rank 3 it divides by B only, kldiv's batchmean
+    assert (r.verdict, r.direction, r.reduction) == ("exact-scaled", "b||a", "batchmean")
     assert r.temperature == pytest.approx(3.0)
     assert factor_value(r.factor, {}) == pytest.approx(9.0)
     assert any("Hinton" in n for n in r.notes)
@@ -189,8 +198,9 @@ def test_raising_function_gets_a_verdict():
         raise RuntimeError("boom")
 
     r = audit(broken, "categorical")
-    assert r.verdict == "not-kl"
+    assert r.verdict == "could-not-audit"
     assert r.problems[0].code == "raises" and "boom" in r.problems[0].message
+    assert "raise RuntimeError" in r.traceback and "boom" in r.traceback
 
 
 def test_wrong_shape_gets_a_verdict():
@@ -211,7 +221,7 @@ def test_hanging_function_gets_a_timeout_verdict():
     start = time.perf_counter()
     r = audit(hangs, "normal-standard", time_limit=1.0)
     assert time.perf_counter() - start < 5
-    assert r.verdict == "not-kl" and r.problems[0].code == "timeout"
+    assert r.verdict == "could-not-audit" and r.problems[0].code == "timeout"
 
 
 # --- estimators ---------------------------------------------------------------------------------
