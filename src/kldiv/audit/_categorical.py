@@ -364,11 +364,14 @@ def _report_reading(session, best: Hypothesis, hypotheses, runs, failures, clamp
             "the classes are on axis 0 (each column is a distribution): a 'batch' mean over "
             "axis 0 divides by the number of classes"
         )
-    if best.extra["rank"] == 1 and any(k[0] in ("3d", "3d-axis1") for k in runs):
+    best_layouts = {r.layout for r in best.extra["runs"]}
+    if best_layouts <= {"2d", "2d-first"} and any(k[0].startswith("3d") for k in runs):
         report.notes.append(
             "at rank 3 ((B, T, C) or (B, C, T)) its outputs follow no single reading: the reading "
             "below holds for (B, C) inputs"
         )
+    elif not best_layouts & {"2d", "2d-first"}:
+        report.notes.append("it fails on (B, C) inputs: the reading below is from rank-3 ones")
     report.equivalent = _equivalent(best, reduction, factor, red.summed)
     if session.random:
         report.equivalent += "  (exact: no sampling needed)"

@@ -187,6 +187,22 @@ def audit_normal(session: Session, two_sided: bool) -> None:
                     )
                 )
     best, closest = best_of(hypotheses)
+    if best is not None:  # equally good readings of the axes: the one with factor 1, if any
+        example = ("B", "T") if best.extra["labelling"] else ("B",)
+        same = [
+            h
+            for h in hypotheses
+            if h.result is not None and h.result.ok and h.extra["rank"] == best.extra["rank"]
+        ]
+        plain = [
+            h for h in same if read_reduction(h.result, example, ("D",), mask=False).factor == "1"
+        ]
+        if (
+            plain
+            and plain[0] is not best
+            and read_reduction(best.result, example, ("D",), mask=False).factor != "1"
+        ):
+            best = plain[0]
     if best is not None and best.extra["labelling"] is None and raw3:
         report.notes.append(
             "at rank 3 (B x C x T) its outputs follow no single reading of the axes: the "

@@ -171,7 +171,7 @@ def best_of(hypotheses: Sequence[Hypothesis]) -> tuple[Hypothesis | None, Hypoth
     # ties (a function of probabilities reads the same on either class axis) go to the last axis
     fitting = sorted(
         (h for h in scored if h.result.ok),
-        key=lambda h: (h.extra.get("axis", -1) != -1, h.extra.get("rank", 0), h.result.error),
+        key=lambda h: (h.extra.get("rank", 0), h.extra.get("axis", -1) != -1, h.result.error),
     )
     closest = min(
         scored,
