@@ -365,7 +365,9 @@ def autograd(
             return jnp.sum(jnp.asarray(weights, dtype=y.dtype).reshape(y.shape) * y)
 
         natives = [backend.native(args[k]) for k in names]
-        grads = jax.grad(loss, argnums=tuple(range(len(names))))(*natives)
+        # one compiled program, not one per primitive: tracing under grad already rules out
+        # reading concrete values, so jit adds no restriction
+        grads = jax.jit(jax.grad(loss, argnums=tuple(range(len(names)))))(*natives)
         return {k: np.asarray(g, dtype=np.float64) for k, g in zip(names, grads, strict=True)}
     raise NotImplementedError("no autograd on NumPy")
 

@@ -40,6 +40,7 @@ from ._session import (
     read_reduction,
     reading_text,
     runner_up_evidence,
+    saturated_candidates,
     summary_exact,
     verdict_for,
 )
@@ -763,6 +764,11 @@ def _search_clamp(session: Session, hypotheses, runs):
         (h for h in hypotheses if h.result is not None and h.extra.get("rank") == 1),
         key=lambda h: h.result.error,
     )[:3]
+    near += [
+        h
+        for h in saturated_candidates(hypotheses, lambda h: h.extra.get("rank") == 1)[:4]
+        if h not in near
+    ]
     for h in near:
         run = h.extra["runs"][0]
         if run.layout.startswith("3d"):

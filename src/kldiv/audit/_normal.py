@@ -38,6 +38,7 @@ from ._session import (
     read_reduction,
     reading_text,
     reduce_like,
+    saturated_candidates,
     std_from,
     summary_exact,
     verdict_for,
@@ -325,7 +326,7 @@ def _extreme_args(session: Session, h: Hypothesis, two_sided: bool, size: str, s
 def _extreme_probes(session, h, two_sided):
     probes, raws, tiny, huge = [], [], [], []
     for size, ids in (("tiny", tiny), ("huge", huge)):
-        for b, d in ((5, 4), (3, 6)):
+        for b, d in (SHAPES_2D[0], SHAPES_2D[2]):  # shapes already seen: no new compiles
             args = _extreme_args(session, h, two_sided, size, (b, d))
             call = session.call(args)
             ids.append(len(probes))
@@ -409,6 +410,7 @@ def _search_clamp(session, hypotheses, probes2, raw2, two_sided):
         (h for h in hypotheses if h.result is not None and h.extra["labelling"] is None),
         key=lambda h: h.result.error,
     )[:3]
+    near += [h for h in saturated_candidates(hypotheses, lambda h: True)[:4] if h not in near]
     for h in near:
         try:
             ext, raws, tiny, huge = _extreme_probes(session, h, two_sided)
@@ -417,16 +419,21 @@ def _search_clamp(session, hypotheses, probes2, raw2, two_sided):
                 raise
             continue
         n = len(probes2)
+        elements = _hyp_elements(h, raw2, two_sided) + _hyp_elements(h, raws, two_sided)
         clamp = find_clamp(
-            probes2 + ext,
-            _hyp_elements(h, raw2, two_sided) + _hyp_elements(h, raws, two_sided),
-            ("D",),
-            [n + i for i in tiny],
-            [n + i for i in huge],
+            probes2 + ext, elements, ("D",), [n + i for i in tiny], [n + i for i in huge]
         )
-        if clamp is not None:
-            h.result = clamp.result
-            return h, clamp
+        if clamp is not None:  # read on the (B, D) probes: the clamp search uses those
+            found = Hypothesis(
+                h.label,
+                h.params,
+                h.direction,
+                probes2 + ext,
+                elements,
+                extra={**h.extra, "labelling": None},
+                result=clamp.result,
+            )
+            return found, clamp
     return None, None
 
 

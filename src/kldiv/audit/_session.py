@@ -540,6 +540,36 @@ def clamp_elements(
     return np.broadcast_to(_clamped(per, lo, hi) / n, e.shape)
 
 
+def saturated_candidates(hypotheses: Sequence[Hypothesis], key) -> list[Hypothesis]:
+    """Readings that fit once the probes a floor or cap of the reduced value may sit at are left
+    out: those at a repeated output value, or the one with the lowest (highest) output.
+
+    A floor of the reduced value (Dreamer's ``max(mean KL, free_nats)``) returns the same number
+    on every probe it acts on; the other probes then say which reading it is.
+    """
+    out = []
+    for h in hypotheses:
+        if not key(h) or len(h.probes) < 3:
+            continue
+        values = [np.asarray(p.output, dtype=np.float64).reshape(-1) for p in h.probes]
+        if any(v.size != 1 for v in values):
+            continue
+        flat = np.concatenate(values)
+        drops = [{int(np.argmin(flat))}, {int(np.argmax(flat))}]
+        same = [i for i, x in enumerate(flat) if np.sum(np.isclose(flat, x, rtol=1e-12)) > 1]
+        if same:
+            drops.insert(0, set(same))
+        for drop in drops:
+            keep = [i for i in range(len(flat)) if i not in drop]
+            if len(keep) < 2:
+                continue
+            r = fit([h.probes[i] for i in keep], [h.elements[i] for i in keep])
+            if r is not None and r.ok:
+                out.append(h)
+                break
+    return out
+
+
 def find_clamp(
     probes: Sequence[Probe],
     elements: Sequence[np.ndarray],
