@@ -141,12 +141,12 @@ def _check(case: Any, got: dict[str, Any]) -> list[str]:
 def test_corpus_is_broad() -> None:
     kinds = {case.kind for case in corpus.CASES}
     assert kinds == {"normal-standard", "normal", "categorical", "log-ratio", "normal-sample"}
-    assert len(corpus.CASES) <= 70
+    assert len(corpus.CASES) <= 100
 
 
 @pytest.mark.parametrize("case", corpus.CASES, ids=[case.name for case in corpus.CASES])
 def test_audit_matches_hand_derived_answer(case: Any) -> None:
-    report = _audit(case.fn, case.kind, roles=case.roles, backend=case.backend)
+    report = _audit(case.fn, case.kind, roles=case.roles, backend=case.backend, args=case.args)
     got = report.to_dict()
     errors = _check(case, got)
     assert not errors, (

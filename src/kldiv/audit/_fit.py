@@ -29,6 +29,7 @@ class Probe:
     output: np.ndarray
     tol: float  # relative tolerance from the output dtype
     mask: np.ndarray | None = None  # broadcastable to the input shape, True where valid
+    se: np.ndarray | None = None  # standard error of the output (a mean over many calls)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -71,7 +72,7 @@ class Fit:
         return format_factor(self.k, self.denominator)
 
 
-def _reduce_elements(probe: Probe, elements: np.ndarray, kept: tuple[int, ...]) -> np.ndarray:
+def reduce_elements(probe: Probe, elements: np.ndarray, kept: tuple[int, ...]) -> np.ndarray:
     e = np.broadcast_to(elements, probe.shape)
     if probe.mask is not None:
         e = np.where(np.broadcast_to(probe.mask, probe.shape), e, 0.0)
@@ -93,31 +94,47 @@ def _valid_kept(probe: Probe, kept: tuple[int, ...]) -> np.ndarray | None:
 
 
 def denominators(symbols: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every product of distinct symbols, smallest first (the empty product is 1)."""
+    """Every product of distinct symbols, smallest first (the empty product is 1), then the
+    products with one symbol squared (a code that divides by the tokens twice)."""
     out: list[tuple[str, ...]] = []
     for r in range(len(symbols) + 1):
         out.extend(itertools.combinations(symbols, r))
+    singles = list(out)
+    for sym in symbols:
+        out.extend(tuple(sorted((*c, sym), key=symbols.index)) for c in singles if sym in c)
     return out
+
+
+Z_LIMIT = 4.5  # standard errors a mean over many calls may stray from its expectation
 
 
 def fit(probes: Sequence[Probe], elements: Sequence[np.ndarray]) -> Fit | None:
     """The best ``k / N`` explanation of the outputs by the elements, or None if impossible.
 
-    ``ok`` says whether it explains them within the probes' tolerance.
+    ``ok`` says whether it explains them within the probes' tolerance. Probes of different
+    ranks fit together: a symbol missing from a probe has size 1 there, and the axes an output
+    keeps must agree (a rank-2 probe keeps the rank-3 probes' kept axes that it has). Probes
+    with a standard error (means of a function that samples inside) are fitted on their totals.
     """
-    kept_syms: tuple[str, ...] | None = None
-    ratios, worst_in_probe = [], 0.0
-    for probe, e in zip(probes, elements, strict=True):
+    kept_by_probe: list[tuple[str, ...]] = []
+    for probe in probes:
         y = np.asarray(probe.output, dtype=np.float64)
         kept = kept_axes(y.shape, probe.shape)
         if kept is None:
             return None
-        syms = tuple(probe.axes[i] for i in kept)
-        if kept_syms is None:
-            kept_syms = syms
-        elif syms != kept_syms:
+        kept_by_probe.append(tuple(probe.axes[i] for i in kept))
+    kept_syms = max(kept_by_probe, key=len)
+    for probe, syms in zip(probes, kept_by_probe, strict=True):
+        if syms != tuple(s for s in kept_syms if s in probe.axes):
             return None
-        s = _reduce_elements(probe, e, kept)
+    symbols = [s for s in dict.fromkeys(sym for p in probes for sym in p.sizes)]
+    if any(p.se is not None for p in probes):
+        return _fit_noisy(probes, elements, kept_syms, symbols)
+    ratios, worst_in_probe = [], 0.0
+    for probe, e, syms in zip(probes, elements, kept_by_probe, strict=True):
+        y = np.asarray(probe.output, dtype=np.float64)
+        kept = tuple(probe.axes.index(sym) for sym in syms)
+        s = reduce_elements(probe, e, kept)
         y = y.reshape(s.shape)
         valid = _valid_kept(probe, kept)
         if valid is not None:
@@ -131,20 +148,19 @@ def fit(probes: Sequence[Probe], elements: Sequence[np.ndarray]) -> Fit | None:
         scale = max(float(np.max(np.abs(r * s))), 1e-300)
         worst_in_probe = max(worst_in_probe, float(np.max(np.abs(y - r * s))) / scale)
         ratios.append(r)
-    assert kept_syms is not None
-    symbols = [s for s in dict.fromkeys(sym for p in probes for sym in p.sizes)]
+    dens, counts = _den_table(tuple(symbols))
+    logs = np.log([[p.sizes.get(sym, 1) for sym in symbols] for p in probes])  # probes x symbols
+    values = np.asarray(ratios)[None, :] * np.exp(counts @ logs.T)  # dens x probes
+    ks = np.median(values, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spreads = np.max(np.abs(values - ks[:, None]), axis=1) / np.abs(ks)
     best: Fit | None = None
-    for den in denominators(symbols):
-        values = np.array(
-            [r * math.prod(p.sizes[s] for s in den) for r, p in zip(ratios, probes, strict=True)]
-        )
-        k = float(np.median(values))
+    for den, k, spread in zip(dens, ks, spreads, strict=True):
         if k == 0.0 or not np.isfinite(k):
             continue
-        spread = float(np.max(np.abs(values - k))) / abs(k)
-        error = max(spread, worst_in_probe)
+        error = max(float(spread), worst_in_probe)
         if best is None or error < best.error * 0.5:  # a bigger N must fit clearly better
-            best = Fit(kept_syms, den, k, error, False)
+            best = Fit(kept_syms, den, float(k), error, False)
     if best is None:
         return None
     tol = max(p.tol for p in probes)
@@ -154,12 +170,83 @@ def fit(probes: Sequence[Probe], elements: Sequence[np.ndarray]) -> Fit | None:
     return best
 
 
-def snap(k: float, tol: float) -> float:
-    """``k`` as a simple fraction when it is one within ``tol``."""
-    frac = Fraction(k).limit_denominator(64)
-    if abs(float(frac) - k) <= 4 * tol * abs(k):
-        return float(frac)
+_DEN_TABLES: dict[tuple[str, ...], tuple[list[tuple[str, ...]], np.ndarray]] = {}
+
+
+def _den_table(symbols: tuple[str, ...]) -> tuple[list[tuple[str, ...]], np.ndarray]:
+    """The denominators over ``symbols`` and, per denominator, how often each symbol occurs."""
+    if symbols not in _DEN_TABLES:
+        dens = denominators(symbols)
+        counts = np.array([[den.count(s) for s in symbols] for den in dens], dtype=np.float64)
+        _DEN_TABLES[symbols] = (dens, counts)
+    return _DEN_TABLES[symbols]
+
+
+def _size(probe: Probe, den: Sequence[str]) -> int:
+    return math.prod(probe.sizes.get(s, 1) for s in den)
+
+
+def _fit_noisy(probes, elements, kept_syms, symbols) -> Fit | None:
+    """The fit on output totals, each with its standard error (a z-test across probes)."""
+    ratios, errs = [], []
+    for probe, e in zip(probes, elements, strict=True):
+        el = np.broadcast_to(e, probe.shape)
+        if probe.mask is not None:
+            el = np.where(np.broadcast_to(probe.mask, probe.shape), el, 0.0)
+        total_e = float(np.sum(el))
+        y = float(np.sum(probe.output))
+        se = 0.0 if probe.se is None else float(np.sqrt(np.sum(np.square(probe.se))))
+        if not np.isfinite(total_e) or total_e == 0.0 or not np.isfinite(y):
+            return None
+        ratios.append(y / total_e)
+        errs.append(max(se / abs(total_e), 1e-12 * abs(y / total_e)))
+    best: Fit | None = None
+    best_z = math.inf
+    for den in denominators(symbols):
+        n = np.array([_size(p, den) for p in probes], dtype=np.float64)
+        v, sv = np.asarray(ratios) * n, np.asarray(errs) * n
+        w = 1.0 / sv**2
+        k = float(np.sum(w * v) / np.sum(w))
+        if k == 0.0 or not np.isfinite(k):
+            continue
+        z = float(np.max(np.abs(v - k) / sv))
+        if z < best_z * 0.5 or (best_z > Z_LIMIT and z < best_z):
+            best_z = z
+            error = float(np.max(np.abs(v - k))) / abs(k)
+            best = Fit(kept_syms, den, k, error, z <= Z_LIMIT)
+    if best is not None and best.ok:
+        se_k = 1.0 / math.sqrt(
+            sum(
+                1.0 / (e * _size(p, best.denominator)) ** 2
+                for e, p in zip(errs, probes, strict=True)
+            )
+        )
+        best.k = _snap_noisy(best.k, se_k)
+    return best
+
+
+def _snap_noisy(k: float, se: float) -> float:
+    """A mean's factor as a simple fraction (denominator up to 10) within 4 standard errors."""
+    for den in range(1, 11):
+        num = round(k * den)
+        if num != 0 and abs(num / den - k) <= 4 * se:
+            return num / den
     return k
+
+
+def snap(k: float, tol: float) -> float:
+    """``k`` as the simplest constant within ``4 * tol`` of it: a fraction with a small
+    denominator, or one times or over log(2) or log(10) (a KL in bits or digits)."""
+    best, best_cost = k, math.inf
+    l2, l10 = math.log(2.0), math.log(10.0)
+    for c, cost0 in ((1.0, 0), (l2, 10), (1 / l2, 10), (l10, 20), (1 / l10, 20)):
+        frac = Fraction(k / c).limit_denominator(64)
+        value = float(frac) * c
+        if frac != 0 and abs(value - k) <= 4 * tol * abs(k):
+            cost = cost0 + frac.denominator
+            if cost < best_cost:
+                best, best_cost = value, cost
+    return best
 
 
 _CONSTANTS = {"log(2)": math.log(2.0), "log(10)": math.log(10.0)}  # nats <-> bits, digits
@@ -205,6 +292,13 @@ def _simple(k: float) -> tuple[str | None, list[str]]:
     if frac == 0 or abs(float(frac) - k) > 1e-9 * abs(k):
         return None, []
     return str(frac.numerator), ([str(frac.denominator)] if frac.denominator != 1 else [])
+
+
+def predict(probe: Probe, elements: np.ndarray, result: Fit) -> np.ndarray:
+    """What a function with the fit ``result`` returns on ``probe`` (output's shape)."""
+    kept = tuple(probe.axes.index(s) for s in result.kept if s in probe.axes)
+    s = reduce_elements(probe, elements, kept)
+    return (s * (result.k / _size(probe, result.denominator))).reshape(np.shape(probe.output))
 
 
 def factor_value(factor: str, sizes: dict[str, int]) -> float:

@@ -7,7 +7,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-VERDICTS = ("exact", "exact-scaled", "unbiased-estimator", "biased-estimator", "not-kl")
+VERDICTS = (
+    "exact",
+    "exact-scaled",
+    "unbiased-estimator",
+    "biased-estimator",
+    "not-kl",
+    "could-not-audit",
+)
 GOOD_VERDICTS = ("exact", "unbiased-estimator")
 
 
@@ -24,7 +31,9 @@ class AuditReport:
     """What a KL function computes, with the evidence that decided it.
 
     ``verdict`` is one of ``exact``, ``exact-scaled``, ``unbiased-estimator``,
-    ``biased-estimator``, ``not-kl``. ``params`` maps the function's own argument names to the
+    ``biased-estimator``, ``not-kl``, or ``could-not-audit`` (the function raised on valid
+    inputs, hung, or needs an argument that was not given; ``traceback`` shows where).
+    ``params`` maps the function's own argument names to the
     parametrization the auditor inferred; ``direction`` is ``"a||b"`` when the function computes
     KL(first || second) in its argument order (``"q||p"``/``"p||q"`` name the sampled side for
     ``normal-sample``); ``reduction`` and ``factor`` say how it reduces, in kldiv's terms
@@ -43,6 +52,8 @@ class AuditReport:
     temperature: float | None = None
     class_axis: int | None = None
     estimator: str | None = None
+    gradient_estimator: str | None = None
+    clamp: str | None = None
     equivalent: str | None = None
     summary: str = ""
     closest: str | None = None
@@ -51,13 +62,23 @@ class AuditReport:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
+    traceback: str | None = None
     calls: int = 0
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        """True for ``exact`` and ``unbiased-estimator`` (the CLI's exit status 0)."""
+        """True for ``exact`` and for an ``unbiased-estimator`` of the KL itself (factor 1): the
+        CLI's exit status 0 by default."""
+        if self.verdict == "unbiased-estimator":
+            return self.factor in (None, "1")
         return self.verdict in GOOD_VERDICTS
+
+    def passes(self, expect: tuple[str, ...] | None = None, fail_on: tuple[str, ...] = ()) -> bool:
+        """Whether the verdict is one of ``expect`` (default: :attr:`ok`) and no problem's code
+        is in ``fail_on``."""
+        good = self.ok if not expect else self.verdict in expect
+        return good and not any(p.code in fail_on for p in self.problems)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary (the CLI's ``--json`` output)."""
@@ -73,6 +94,8 @@ class AuditReport:
             "temperature": self.temperature,
             "class_axis": self.class_axis,
             "estimator": self.estimator,
+            "gradient_estimator": self.gradient_estimator,
+            "clamp": self.clamp,
             "equivalent": self.equivalent,
             "summary": self.summary,
             "closest": self.closest,
@@ -81,6 +104,7 @@ class AuditReport:
             "problems": [{"code": p.code, "message": p.message} for p in self.problems],
             "notes": list(self.notes),
             "evidence": list(self.evidence),
+            "traceback": self.traceback,
             "calls": self.calls,
             "seconds": round(self.seconds, 3),
         }
@@ -90,7 +114,11 @@ class AuditReport:
         if color is None:
             color = _wants_color()
         paint = _painter(color)
-        tone = "green" if self.ok else ("yellow" if self.verdict != "not-kl" else "red")
+        tone = (
+            "green"
+            if self.ok
+            else ("red" if self.verdict in ("not-kl", "could-not-audit") else "yellow")
+        )
         lines = [
             f"{paint('bold', self.function)}  ({self.kind}, {self.backend or 'no backend'})",
             f"  verdict      {paint(tone, self.verdict)}"
@@ -102,6 +130,7 @@ class AuditReport:
         for label, value in (
             ("direction", self.direction),
             ("estimator", self.estimator),
+            ("gradient", self.gradient_estimator),
             ("reduction", self.reduction),
             ("factor", self.factor),
             ("temperature", None if self.temperature is None else f"{self.temperature:g}"),
@@ -119,6 +148,9 @@ class AuditReport:
             lines.append(f"  note         {n}")
         for e in self.evidence:
             lines.append(f"  {paint('dim', 'evidence')}     {paint('dim', e)}")
+        if self.traceback:
+            lines.append("  traceback    (the last frames of the function's own code)")
+            lines.extend(f"    {line}" for line in self.traceback.splitlines())
         lines.append(paint("dim", f"  ({self.calls} calls, {self.seconds:.2f} s)"))
         return "\n".join(lines)
 

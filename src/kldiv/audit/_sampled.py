@@ -1,11 +1,6 @@
-"""The estimator kinds: ``log-ratio`` (RLHF penalties) and ``normal-sample`` (VITS).
+"""The ``normal-sample`` kind: one-sample KL estimators that are given the sample (VITS).
 
-``log-ratio``: the function sees per-token log-probabilities of tokens drawn from p. Probes
-with chosen log-ratios ``δ = logp - logp_ref`` (moderate, then extreme) identify the per-token
-form (k1 = δ, k2 = δ²/2, k3 = e^(-δ) - 1 + δ, |δ|, ...) and the reduction exactly; seeded
-sampling from known policies then measures the bias and the spread against the exact KL.
-
-``normal-sample``: the function sees one sample. Its expectation over the sample is computed
+The function sees one sample. Its expectation over the sample is computed
 by Gauss-Hermite quadrature (exact for the usual quadratic estimators, and valid for any
 function that adds up per-element terms), so that parametrizations, the sampled side and the
 reduction are decided exactly as for closed forms; seeded draws then measure the spread.
@@ -20,23 +15,25 @@ from typing import Any
 import numpy as np
 
 from .._kl import kl as _exact_kl
-from ..closed.normal import std_of
-from ..dists import Categorical, Normal
+from ..dists import Normal
 from ..errors import KLDivError, bad
-from ._fit import Fit, Probe, fit, format_factor
-from ._kinds import (
+from ._fit import Fit, Probe
+from ._report import Problem
+from ._session import (
     SCALES,
     SHAPES_2D,
     SHAPES_3D,
     Abort,
     Hypothesis,
     Session,
-    _reading,
     best_of,
     factor_suffix,
     interpret,
+    name_notes,
+    param_from_name,
+    reading_text,
+    std_from,
 )
-from ._report import Problem
 
 ROLES = ("sample", "sample@q", "sample@p", "q.loc", "q.scale", "p.loc", "p.scale", "mask")
 
@@ -75,291 +72,6 @@ def parse_roles(roles: Mapping[str, str] | str | None) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# log-ratio
-# ----------------------------------------------------------------------------------------------
-FORMS = {
-    "k1": lambda d: d,
-    "k2": lambda d: 0.5 * d * d,
-    "k3": lambda d: np.expm1(-d) + d,
-    "|k1|": np.abs,
-    "k3 with the ratio inverted": lambda d: np.expm1(d) - d,
-}
-UNBIASED_FORMS = ("k1", "k3")
-
-
-def _log_pairs(rng: np.random.Generator, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(logp, logp_ref), both <= 0, with logp - logp_ref = delta."""
-    anchor = rng.uniform(-3.0, -0.3, delta.shape)
-    logp = np.where(delta >= 0, anchor, anchor + delta)
-    return logp, logp - delta
-
-
-def _mask_parameter(session: Session) -> str | None:
-    """A required parameter named like a mask (``mask``, ``response_mask``, ...).
-
-    A mask with a default is left to its default: the kind's signature is (logp, logp_ref).
-    """
-    from ._call import parameter_names
-
-    names = parameter_names(session.caller.fn, required=True) or []
-    return next((n for n in names[2:] if "mask" in n.lower()), None)
-
-
-def _token_mask(rng: np.random.Generator, b: int, t: int) -> np.ndarray:
-    """Right-padded responses: row i has a random length >= 1 (the first row is full)."""
-    lengths = rng.integers(1, t + 1, b)
-    lengths[0] = t
-    return (np.arange(t)[None, :] < lengths[:, None]).astype(np.float64)
-
-
-def _lr_call(session: Session, logp, logref, mask=None):
-    lp, lr = session.names
-    args = {lp: session.round(logp), lr: session.round(logref)}
-    if session.mask_name is None:
-        return session.call(args)
-    args[session.mask_name] = np.ones(np.shape(logp)) if mask is None else mask
-    return session.call(args, keywords=True)
-
-
-def audit_log_ratio(session: Session) -> None:
-    report, names, rng = session.report, session.names, session.rng
-    lp, lr = names
-    session.mask_name = _mask_parameter(session)
-    masked = session.mask_name is not None
-    moderate, extreme, deltas = [], [], []
-    for b, t in SHAPES_2D:
-        d = rng.uniform(-2.5, 2.5, (b, t))
-        logp, logref = _log_pairs(rng, d)
-        logp, logref = session.round(logp), session.round(logref)
-        mask = _token_mask(rng, b, t) if masked else None
-        call = _lr_call(session, logp, logref, mask)
-        sizes = {"B": b, "T": t} | ({"M": int(mask.sum())} if masked else {})
-        moderate.append(session.probe(call, ("B", "T"), sizes, mask))
-        deltas.append(logp - logref)
-    hypotheses = [
-        Hypothesis(name, {}, None, moderate, [g(d) for d in deltas]) for name, g in FORMS.items()
-    ]
-    if masked:  # a mean over each sequence's valid tokens, then over the batch (GRPO-style)
-        lengths = [
-            np.sum(np.broadcast_to(p.mask, p.shape), axis=1, keepdims=True) for p in moderate
-        ]
-        hypotheses += [
-            Hypothesis(
-                name,
-                {},
-                None,
-                moderate,
-                [g(d) / n for d, n in zip(deltas, lengths, strict=True)],
-                extra={"per_sequence": True},
-            )
-            for name, g in FORMS.items()
-        ]
-    best, _ = best_of(hypotheses)
-    form = best.label if best is not None else None
-    per_sequence = best is not None and best.extra.get("per_sequence", False)
-    clamp_note = None
-    if best is not None:
-        # the same form far out: a clamp or a clip shows here
-        ext_deltas = []
-        for b, t in SHAPES_2D[:2]:
-            sign = np.where(rng.random((b, t)) < 0.5, -1.0, 1.0)
-            d = sign * rng.uniform(8.0, 18.0, (b, t))
-            logp, logref = _log_pairs(rng, d)
-            logp, logref = session.round(logp), session.round(logref)
-            try:
-                call = _lr_call(session, logp, logref)
-            except Abort as exc:
-                clamp_note = f"it fails for large log-ratios ({exc.message})"
-                break
-            sizes = {"B": b, "T": t} | ({"M": b * t} if masked else {})
-            extreme.append(session.probe(call, ("B", "T"), sizes))
-            ext_deltas.append(logp - logref)
-        if clamp_note is None:
-            g = FORMS[form]
-            r = fit(extreme, [g(d) for d in ext_deltas])
-            if r is None or not r.ok or abs(r.k - best.result.k) > 1e-3 * abs(best.result.k):
-                clamp_note = (
-                    f"it equals {form} on probes with |logp - logp_ref| up to 2.5 but departs "
-                    "from it on probes between 8 and 18: a clamp or clip, which biases the "
-                    "estimate"
-                )
-    # sampling from known policies: bias and spread
-    if best is not None:
-        reduction, factor, notes = interpret(best.result, ("B", "T"), (), mask=masked)
-        normalizer = _normalizer(best.result, moderate)
-        if per_sequence:
-            # k / B over per-sequence means: with unmasked sampling, the same as a token mean
-            notes = []
-            factor = format_factor(best.result.k, [s for s in best.result.denominator if s != "B"])
-            reduction = "sequence-mean" if "B" in best.result.denominator else "sequence-sum"
-            normalizer = _normalizer(
-                Fit(
-                    best.result.kept,
-                    ("M",) if "B" in best.result.denominator else ("T",),
-                    best.result.k,
-                    0.0,
-                    True,
-                ),
-                moderate,
-            )
-    else:  # an unknown per-token form: the reduction from repeating the inputs
-        dup = _log_ratio_duplication(session)
-        reduction, factor, notes = interpret(dup, ("B", "T"), (), mask=masked)
-        normalizer = _normalizer(dup, moderate)
-    stats = _sample_policies(session, normalizer)
-    worst = max(stats, key=lambda s: abs(s["bias"]) / s["se"] if s["se"] > 0 else 0.0)
-    unbiased = all(abs(s["bias"]) <= 4.0 * s["se"] + 1e-9 for s in stats)
-    report.estimator = form
-    report.reduction, report.factor = reduction, factor
-    report.notes.extend(notes)
-    report.std = stats[1]["sd_token"]
-    for s in stats:
-        report.evidence.append(
-            f"policies '{s['name']}' (KL {s['kl']:.4g} per token, {s['tokens']} sampled tokens): "
-            f"mean {s['mean']:.4g} ± {s['se']:.2g}, sd per token {s['sd_token']:.3g}"
-        )
-    if best is not None:
-        report.evidence.append(
-            f"on {len(SHAPES_2D)} probes with chosen log-ratios it equals {form} "
-            f"(relative error {best.result.error:.1g})"
-        )
-    negative = best is not None and best.result.k < 0
-    if negative:
-        report.verdict = "not-kl"
-        report.bias = worst["bias"]
-        report.summary = f"its expectation is {factor} times KL(p || p_ref): the sign is flipped"
-        report.problems.append(Problem("negative", "it estimates minus the KL (sign flipped)"))
-    elif form in UNBIASED_FORMS and clamp_note is None and factor == "1":
-        report.verdict = "unbiased-estimator"
-        report.bias = 0.0
-        report.summary = f"an unbiased estimate of KL(p || p_ref) ({form})"
-        if not unbiased:
-            report.notes.append(
-                f"sampling showed a deviation of {worst['bias']:+.3g} on '{worst['name']}' "
-                "(chance, given the heavy tail of the estimator)"
-            )
-    else:
-        report.verdict = "biased-estimator" if form is not None else _by_bias(stats)
-        report.bias = worst["bias"]
-        if clamp_note:
-            report.problems.append(Problem("clipping", clamp_note))
-        if form is not None and form not in UNBIASED_FORMS:
-            report.problems.append(
-                Problem("biased", f"{form} is biased: E[{form}] ≠ KL(p || p_ref)")
-            )
-        if factor not in (None, "1"):
-            report.problems.append(
-                Problem("scaled", f"it multiplies the per-token estimate by {factor}")
-            )
-        report.summary = (
-            f"a biased estimate of KL(p || p_ref) (bias {worst['bias']:+.3g} per token on "
-            f"'{worst['name']}')"
-        )
-    if reduction == "sum":
-        report.notes.append(
-            "it sums over the batch and the tokens: the penalty grows with the batch size"
-        )
-    if form in ("k1", "k2", "k3") and reduction is not None:
-        red = f', reduction="{reduction}"'
-        if masked:
-            red = f", mask={session.mask_name}" + red
-        if per_sequence:
-            red = f', mask={session.mask_name}, reduction="none")  # then per-sequence means'
-        if clamp_note is None and not per_sequence:
-            report.equivalent = f"kldiv.mc.{form}({lp}, {lr}{red}){factor_suffix(factor or '1')}"
-        report.notes.append(_gradient_note(form))
-    if report.verdict != "unbiased-estimator":
-        report.notes.append(
-            f'kldiv.mc.k3({lp}, {lr}, reduction="mean") is unbiased, with low variance when the '
-            "policies are close (kldiv.mc.k1 when they are far apart)"
-        )
-
-
-def _log_ratio_duplication(session: Session) -> Any:
-    """The reduction of a log-ratio function, from repeating its inputs along B and along T."""
-
-    rng = session.rng
-    b, t = SHAPES_2D[0]
-    logp, logref = _log_pairs(rng, rng.uniform(0.2, 1.5, (b, t)))
-    base = _lr_call(session, logp, logref).output
-    den = []
-    for axis, sym in ((0, "B"), (1, "T")):
-        rep = [np.concatenate([x, x], axis=axis) for x in (logp, logref)]
-        out = _lr_call(session, rep[0], rep[1]).output
-        if out.shape == base.shape and np.allclose(out, base, rtol=1e-4):
-            den.append(sym)
-    if session.mask_name is not None and den == ["B", "T"]:
-        den = ["M"]
-    kept = ("B", "T")[: base.ndim] if base.ndim else ()
-    return Fit(kept, tuple(den), 1.0, 0.0, True)
-
-
-def _gradient_note(form: str) -> str:
-    return {
-        "k1": "as a loss with the samples held fixed, k1's expected gradient is zero",
-        "k2": "as a loss, k2's gradient is that of KL(p || p_ref) (its value is biased)",
-        "k3": "as a loss, k3's expected gradient is that of KL(p_ref || p), the reverse KL",
-    }[form]
-
-
-def _by_bias(stats: list[dict[str, Any]]) -> str:
-    rel = max(abs(s["bias"]) / max(s["kl"], 1e-12) for s in stats)
-    return "biased-estimator" if rel < 5.0 else "not-kl"
-
-
-def _normalizer(result: Any, probes: list[Probe]) -> Any:
-    """Per call: the output divided by this is the mean of the per-token form."""
-
-    def per_token(y: np.ndarray, sizes: dict[str, int]) -> float:
-        sizes = sizes | {"M": sizes["B"] * sizes["T"]}  # sampling runs unmasked
-        n = math.prod(sizes[s] for s in result.denominator)
-        reduced = math.prod(sizes[s] for s in ("B", "T") if s not in result.kept)
-        return float(np.mean(y)) * n / reduced  # the factor k stays in: bias is against the KL
-
-    return per_token
-
-
-def _policies(rng: np.random.Generator, vocab: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    lp = rng.normal(0.0, 1.0, vocab)
-    close = lp + rng.normal(0.0, 0.3, vocab)
-    far = lp + rng.normal(0.0, 1.2, vocab)
-    rare = lp.copy()
-    i = int(np.argsort(lp)[-4])  # a token p gives a few percent
-    rare[i] = lp[i] - 16.0
-    return [("close", lp, close), ("far", lp, far), ("rare tokens", lp, rare)]
-
-
-def _sample_policies(session: Session, per_token: Any) -> list[dict[str, Any]]:
-    rng = session.rng
-    vocab, b, t, reps = 24, 8, 64, 40
-    out = []
-    for name, lp, lr in _policies(rng, vocab):
-        logp_all = lp - np.logaddexp.reduce(lp)
-        logr_all = lr - np.logaddexp.reduce(lr)
-        exact = float(_exact_kl(Categorical(log_probs=logp_all), Categorical(log_probs=logr_all)))
-        probs = np.exp(logp_all)
-        values = []
-        for _ in range(reps):
-            tokens = rng.choice(vocab, size=(b, t), p=probs / probs.sum())
-            y = _lr_call(session, logp_all[tokens], logr_all[tokens]).output
-            values.append(per_token(y, {"B": b, "T": t}) if per_token else float(np.mean(y)))
-        v = np.asarray(values)
-        mean, sd = float(v.mean()), float(v.std(ddof=1))
-        out.append(
-            {
-                "name": name,
-                "kl": exact,
-                "mean": mean,
-                "bias": mean - exact,
-                "se": sd / math.sqrt(reps),
-                "sd_token": sd * math.sqrt(b * t),
-                "tokens": b * t * reps,
-            }
-        )
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
 # normal-sample
 # ----------------------------------------------------------------------------------------------
 NODES, WEIGHTS = np.polynomial.hermite_e.hermegauss(16)
@@ -389,7 +101,7 @@ def _expectation(session, params, mask, args_for, side, sigma) -> tuple[np.ndarr
 
 
 def _sigma(s: np.ndarray, param: str) -> np.ndarray:
-    return std_of(np, param, s)
+    return std_from(param, s)
 
 
 def audit_normal_sample(session: Session, roles: dict[str, str]) -> None:
@@ -403,7 +115,9 @@ def audit_normal_sample(session: Session, roles: dict[str, str]) -> None:
     sides = [s for s in sides if f"{s}.scale" in by_role]
     if not sides:
         raise KLDivError("roles: the sampled side needs a scale argument ('q.scale' or 'p.scale')")
-    layouts = [("B", "D", "T"), ("B", "T", "D")] if "mask" in by_role else [("B", "D", "T")]
+    layouts = (
+        [("B", "D", "T"), ("B", "T", "D")] if "mask" in by_role else [("B", "D"), ("B", "D", "T")]
+    )
     last_error = None
     for axes in layouts:
         try:
@@ -421,8 +135,8 @@ def audit_normal_sample(session: Session, roles: dict[str, str]) -> None:
 def _audit_layout(session, roles, by_role, sides, axes, rng) -> None:
     report = session.report
     probes_in = []
-    for shape in SHAPES_3D:
-        sizes = dict(zip(("B", "D", "T"), shape, strict=True))
+    for shape in SHAPES_3D if len(axes) == 3 else SHAPES_2D:
+        sizes = dict(zip(("B", "D", "T"), shape, strict=False))
         full = tuple(sizes[a] for a in axes)
         params = {
             "q.loc": rng.uniform(-1.0, 1.0, full),
@@ -498,7 +212,7 @@ def _audit_layout(session, roles, by_role, sides, axes, rng) -> None:
             "readings " + ", ".join(skipped) + " (log of an underflowed density?)"
         )
     best, closest = best_of(hypotheses)
-    example = ("B", "T")
+    example = ("B", "T") if "T" in axes else ("B",)
     if best is None:  # no exact reading: the usual one (sample from q, as in VI) unless pinned
         # and both scales in one parametrization, as code almost always has them
         # and the parametrization the argument names say, if they say one (the values cannot)
@@ -521,6 +235,7 @@ def _audit_layout(session, roles, by_role, sides, axes, rng) -> None:
         report.summary = "its output shape matches no reduction of the inputs"
         return
     report.params = dict(chosen.params)
+    name_notes(report)
     report.direction = chosen.direction
     result = chosen.result
     has_mask = "mask" in by_role
@@ -553,15 +268,17 @@ def _audit_layout(session, roles, by_role, sides, axes, rng) -> None:
             report.verdict = "unbiased-estimator"
             report.bias = 0.0
             report.summary = f"an unbiased one-sample estimate of KL({side} || {_other(side)})"
-        else:
-            report.verdict = "biased-estimator"
-            report.bias = quad0 - exact0 / result.k  # against the KL itself
+        else:  # an unbiased estimator of a scaled KL, as exact-scaled is for closed forms
+            report.verdict = "unbiased-estimator"
+            report.bias = 0.0
             report.problems.append(Problem("scaled", f"its expectation is the KL times {factor}"))
-            report.summary = f"estimates KL({side} || {_other(side)}) times {factor}"
+            report.summary = (
+                f"an unbiased one-sample estimate of KL({side} || {_other(side)}) times {factor}"
+            )
     else:
         bias = quad0 - exact0
         report.bias = bias
-        report.closest = f"KL with {_reading(chosen)} (off by {result.error:.2g} relative)"
+        report.closest = f"KL with {reading_text(chosen)} (off by {result.error:.2g} relative)"
         rel = abs(bias) / max(abs(exact0), 1e-12)
         report.verdict = "biased-estimator" if rel < 5.0 else "not-kl"
         report.summary = (
@@ -581,26 +298,6 @@ def _audit_layout(session, roles, by_role, sides, axes, rng) -> None:
             )
 
 
-def param_from_name(name: str) -> str | None:
-    """The parametrization an argument's name suggests, if any.
-
-    >>> param_from_name("logs_q"), param_from_name("logvar"), param_from_name("sigma")
-    ('log_std', 'log_var', 'std')
-    """
-    n = name.lower().replace("_", "")
-    if n.startswith("log") or n.startswith("ln"):
-        if "var" in n:
-            return "log_var"
-        if any(t in n for t in ("std", "sigma", "scale")) or n.startswith("logs"):
-            return "log_std"
-        return None
-    if "var" in n:
-        return "var"
-    if any(t in n for t in ("std", "sigma", "scale")):
-        return "std"
-    return None
-
-
 def _denominator_by_duplication(session, probe_in, args_for, axes, has_mask):
     """Which symbols divide the output, read off by repeating the inputs along each axis.
 
@@ -611,7 +308,7 @@ def _denominator_by_duplication(session, probe_in, args_for, axes, has_mask):
     z = params["q.loc"] + session.rng.standard_normal(np.shape(params["q.loc"]))
     base = float(np.sum(session.call(args_for(params, mask, z), keywords=True).output))
     den = []
-    for sym in ("B", "D", "T"):
+    for sym in axes:
         i = axes.index(sym)
         rep = {k: np.concatenate([v, v], axis=i) for k, v in params.items()}
         rep_mask = (
@@ -699,7 +396,7 @@ def _sample_equivalent(roles, by_role, h, reduction, factor, axes) -> str:
         return f"kldiv.Normal({loc}, {h.params[scale]}={scale})"
 
     side = h.direction.split("||")[0]
-    event = axes.index("D")
+    event = axes.index("D") if len(axes) == 3 else -1
     mask = f", mask={by_role['mask']}" if "mask" in by_role else ""
     red = "" if reduction == "none" else f', reduction="{reduction}"'
     return (
