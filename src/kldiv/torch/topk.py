@@ -10,15 +10,19 @@ on small per-token vectors after one pass over the student's logits:
   it is exact when the teacher's tail holds no mass.
 - ``tail="renormalize"``: both sides restricted to the k classes and renormalized: the KL of
   the two conditional distributions given "the token is in the top k". Not a bound of the full
-  KL by itself; the chain rule ties the two modes together (forward direction, ``T = 1``):
+  KL by itself. The chain rule ties the modes together (forward direction, ``T = 1``; ``K`` the
+  top k, ``K'`` the rest):
 
   .. math::
 
       \mathrm{KL}(t \,\|\, s) = \mathrm{KL}_\text{bucket}
-      + t(K)\,\mathrm{KL}_\text{renormalize}
-      + t(\bar K)\,\mathrm{KL}(t_{\bar K} \,\|\, s_{\bar K}),
+      + t(K')\,\mathrm{KL}(t_{K'} \,\|\, s_{K'}), \qquad
+      \mathrm{KL}_\text{bucket} = \mathrm{KL}\big((t(K), t(K')) \,\|\, (s(K), s(K'))\big)
+      + t(K)\,\mathrm{KL}_\text{renormalize},
 
-  so ``bucket + t(K) * renormalize`` is the tightest lower bound the cache allows.
+  so ``bucket`` is the smallest full KL of any teacher that agrees with the cache (one whose
+  tail is shaped like the student's): the tightest lower bound the cache allows;
+  ``t(K) * renormalize`` is below it.
 
 The student's gradient over the *whole* vocabulary is exact (for ``"bucket"`` the tail's
 log-normalizer couples every logit): with ``G`` the gradient of the bucket divergence in the
