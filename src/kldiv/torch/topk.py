@@ -76,7 +76,8 @@ def _topk_loop(
     """``_vocab_loop`` for a top-k teacher: same arguments, same buffers (``gt_out`` is None)."""
     local_v = s.shape[1]
     need_s = gs_out is not None
-    for c in _v._chunks(s.shape[0], rows, size):
+
+    def body(c):
         x = _v._take(s, c).to(spec.compute)
         if spec.inv_t != 1.0:
             x = x * spec.inv_t
@@ -105,7 +106,7 @@ def _topk_loop(
         if values is not None:
             _v._put(values, c, val)
         if not need_s:
-            continue
+            return
         if tail == "bucket":
             full = sigma.mul_(g[:, -1:])  # a tail logit's share of the tail's gradient
             full[r_own, c_own] = g[r_own, j_own]  # sigma is 0 there
@@ -113,6 +114,8 @@ def _topk_loop(
             full = torch.zeros_like(x)
             full[r_own, c_own] = g[r_own, j_own]
         _v._put_scaled(gs_out, c, full, _v._row_factor(spec, weights, c))
+
+    _v._each_chunk(body, _v._chunks(s.shape[0], rows, size), s.device, vocab_rows)
 
 
 def _check_teacher(lp: Any, idx: Any, rows: Any, v_total: int, validate: bool) -> None:
