@@ -174,12 +174,18 @@ def _method(name, args, torch):
     if name == "triton":
         import triton  # noqa: F401  (ImportError: the row is skipped)
 
+        os.environ["KLDIV_DISABLE_TRITON"] = "0"  # read per call: the kldiv rows set "1"
         if not vocab_mod._use_triton(
             torch.empty(0, device=args.device),
             vocab_mod._Spec("forward", 0.0, 1.0, 1.0, torch.float32),
         ):
             raise RuntimeError("vocab_kl would not dispatch to Triton (KLDIV_DISABLE_TRITON?)")
-        return lambda s, t: kt.vocab_kl(student=s, teacher=t)
+
+        def through_triton(s, t):
+            os.environ["KLDIV_DISABLE_TRITON"] = "0"
+            return kt.vocab_kl(student=s, teacher=t)
+
+        return through_triton
     if args.suite == "linear":
         return lambda hs, ws, ht, wt: kt.fused_linear_vocab_kl(
             student=(hs, ws), teacher=(ht, wt), chunk_size=cs
@@ -199,7 +205,12 @@ def _method(name, args, torch):
         return lambda s, t: kt.vocab_kl(
             student=s, teacher=t, reduction="batchmean", vocab_group=dist.group.WORLD
         )
-    return lambda s, t: kt.vocab_kl(student=s, teacher=t, reduction="batchmean", chunk_size=cs)
+
+    def torch_path(s, t):
+        os.environ["KLDIV_DISABLE_TRITON"] = "1"
+        return kt.vocab_kl(student=s, teacher=t, reduction="batchmean", chunk_size=cs)
+
+    return torch_path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,8 +302,6 @@ def _run(args, names, memory: bool) -> dict:
     if args.chunk_size is not None:
         cmd += ["--chunk-size", str(args.chunk_size)]
     env = dict(os.environ, KLDIV_BENCH_MEASURE="memory" if memory else "time")
-    if args.device.startswith("cuda"):
-        env["KLDIV_DISABLE_TRITON"] = "0" if "triton" in names else "1"
     if memory:
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     ranks = args.world if args.suite == "parallel" else 1
