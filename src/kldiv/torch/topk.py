@@ -77,12 +77,12 @@ def _topk_loop(
     local_v = s.shape[1]
     need_s = gs_out is not None
 
-    def body(c):
+    def body(c, scratch):
         x = _v._take(s, c).to(spec.compute)
         if spec.inv_t != 1.0:
-            x = x * spec.inv_t
+            x = torch.mul(x, spec.inv_t, out=scratch.get("x", x))
         elif tail == "bucket" and x.untyped_storage().data_ptr() == s.untyped_storage().data_ptr():
-            x = x.clone()  # the tail is formed in place
+            x = scratch.get("x", x).copy_(x)  # the tail is formed in place
         idx = _v._take(index, c) - start  # this rank's columns
         owned = (idx >= 0) & (idx < local_v)
         r_own, j_own = torch.nonzero(owned, as_tuple=True)
@@ -94,7 +94,8 @@ def _topk_loop(
         bucket_spec = _v._Spec(spec.direction, spec.beta, 1.0, spec.scale, spec.compute)
         if tail == "bucket":
             x[r_own, c_own] = -math.inf  # what is left is the tail
-            sigma, lse_tail = _v._softmax_lse(x)  # the tail's log-normalizer, and its shares
+            # the tail's log-normalizer, and each tail entry's share of it
+            sigma, lse_tail = _v._softmax_lse(x, scratch.get("sigma", x))
             if vocab_rows.sharded:
                 lse_all = vocab_rows.lse(lse_tail)
                 sigma.mul_((lse_tail - lse_all).exp_()[:, None])
@@ -111,7 +112,7 @@ def _topk_loop(
             full = sigma.mul_(g[:, -1:])  # a tail logit's share of the tail's gradient
             full[r_own, c_own] = g[r_own, j_own]  # sigma is 0 there
         else:
-            full = torch.zeros_like(x)
+            full = scratch.get("full", x).zero_()
             full[r_own, c_own] = g[r_own, j_own]
         _v._put_scaled(gs_out, c, full, _v._row_factor(spec, weights, c))
 
