@@ -199,9 +199,9 @@ def test_backward_paths(monkeypatch):
     calls = []
     loop = vocab_mod._vocab_loop
 
-    def spy(*args):
+    def spy(*args, **kw):
         calls.append(args[5] is None)
-        return loop(*args)
+        return loop(*args, **kw)
 
     monkeypatch.setattr(vocab_mod, "_vocab_loop", spy)
     for dtype, go, passes in [
@@ -480,9 +480,9 @@ def test_frozen_heads_get_no_gradient_work(monkeypatch):
     seen = []
     kernel = vocab_mod._kernel
 
-    def spy(a, b, spec, need_s, need_t):
+    def spy(a, b, spec, need_s, need_t, *rest):
         seen.append((need_s, need_t))
-        return kernel(a, b, spec, need_s, need_t)
+        return kernel(a, b, spec, need_s, need_t, *rest)
 
     monkeypatch.setattr(vocab_mod, "_kernel", spy)
     hs, ws, _, ht, wt, _ = fused_case(bias=False)

@@ -113,9 +113,9 @@ def _wiring_cases():
 
     def run(use_triton, s, t, *, go=None, teacher_grad=True, buffer=False, sum_go=None, **kw):
         vocab_mod._use_triton = (
-            (lambda x, spec: spec.compute == torch.float32)
+            (lambda x, spec, *rows: spec.compute == torch.float32)
             if use_triton
-            else (lambda x, spec: False)
+            else (lambda x, spec, *rows: False)
         )
         s = s.detach().clone().requires_grad_()
         t = t.detach().clone().requires_grad_(teacher_grad)
@@ -161,6 +161,13 @@ def _wiring_cases():
         )
         cases["f32-normalizer"] = ("float32", dict(normalizer=100.0, direction="reverse"))
         cases["f32-all-masked"] = ("float32", dict(mask=torch.zeros(3, 4, dtype=torch.bool)))
+        weights = torch.rand(3, 4, generator=g) * 2
+        weights[1, 2] = 0.0
+        cases["f32-weights-batchmean"] = ("float32", dict(mask=weights, reduction="batchmean"))
+        cases["bf16-weights-jsd-go0.5"] = (
+            "bfloat16",
+            dict(mask=weights, direction="jsd", beta=0.4, go=0.5),
+        )
         cases["f16-student-only"] = ("float16", dict(teacher_grad=False, go=2.0))
         for k, (name, (dtype_name, kw)) in enumerate(cases.items()):
             s, t = _inputs(12, 50, getattr(torch, dtype_name), seed=500 + k)
@@ -178,13 +185,25 @@ def _wiring_cases():
         # no grad: the values-only launch
         s, t = _inputs(12, 50, torch.float32, seed=99)
         before = len(calls)
-        vocab_mod._use_triton = lambda x, spec: True
+        vocab_mod._use_triton = lambda x, spec, *rows: True
         with torch.no_grad():
             a = vocab_kl(s, t, direction="jsd", beta=0.5, reduction="none")
-        vocab_mod._use_triton = lambda x, spec: False
+        vocab_mod._use_triton = lambda x, spec, *rows: False
         with torch.no_grad():
             b = vocab_kl(s, t, direction="jsd", beta=0.5, reduction="none")
         out["float32:no-grad"] = {"value": _rel(a, b), "kernel_calls": len(calls) - before}
+        # NaN in a token's logits: NaN for that token only, through the kernel
+        s, t = _inputs(12, 50, torch.float32, seed=98)
+        s[2, 7], t[5, 0] = math.nan, math.nan
+        nan_rows = {}
+        for direction, beta in DIRECTIONS:
+            kw = dict(direction=direction, beta=None if direction != "jsd" else beta)
+            v, gs, gt = run(True, s, t, reduction="none", **kw)
+            nan_rows[f"{direction}-{beta}"] = (
+                [int(i) for i in torch.nonzero(torch.isnan(v)).reshape(-1)],
+                bool(torch.isfinite(gs[[0, 1, 3]]).all() and torch.isfinite(gt[[0, 1, 3]]).all()),
+            )
+        out["nan"] = nan_rows
     finally:
         _vocab_triton.vocab_rows = kernel
     return out
@@ -242,7 +261,9 @@ def test_kernel_equals_torch_path(report, dtype, direction, beta):
 @needs_triton
 def test_vocab_kl_dispatches_to_the_kernel_and_agrees(report):
     """Forward, backward (reused, rescaled, recomputed), masks, lent buffer: through the kernel."""
-    wiring = report["wiring"]
+    wiring = dict(report["wiring"])
+    for key, (rows, others_finite) in wiring.pop("nan").items():
+        assert rows == [2, 5] and others_finite, key  # NaN for those tokens only
     assert len(wiring) >= 20
     for name, errs in wiring.items():
         assert errs["kernel_calls"] >= 1, name

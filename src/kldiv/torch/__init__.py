@@ -13,5 +13,6 @@ from .losses import CategoricalKLLoss as CategoricalKLLoss
 from .losses import NormalKLLoss as NormalKLLoss
 
 # --- large-vocabulary KL (issue 6) ---
+from .topk import topk_kl as topk_kl
 from .vocab import fused_linear_vocab_kl as fused_linear_vocab_kl
 from .vocab import vocab_kl as vocab_kl

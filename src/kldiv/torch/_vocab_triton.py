@@ -22,8 +22,9 @@ upcast to float32, logits multiplied by ``1 / T`` as the torch path does:
 The gradients are multiplied by the per-row factors the caller passes (the reduction's weight of
 each token times ``scale / T``, from ``vocab._row_factor``: the reduction is not re-derived here)
 and rounded once to the buffer's dtype. Rows not listed in ``rows`` are never read or written (the
-caller's buffers hold zeros there). ``-inf`` logits contribute 0 and get a zero gradient, as in
-the torch path.
+caller's buffers hold zeros there). ``-inf`` logits contribute 0 and get a zero gradient, and NaN
+in a row gives NaN for that row (``p == 0`` tests, never ``p > 0``; no ``tl.maximum`` on values),
+as in the torch path.
 """
 
 from __future__ import annotations
@@ -66,6 +67,12 @@ def _store(ptr, offsets, g, inside):
         tl.store(ptr + offsets, tl.where(g != g, g.to(tl.bfloat16), r), mask=inside)
     else:
         tl.store(ptr + offsets, g.to(ty), mask=inside)
+
+
+@_jit
+def _clamp0(x):
+    """max(x, 0) that keeps NaN (tl.maximum returns the other operand, as fmax does)."""
+    return tl.where(x < 0, 0.0, x)
 
 
 @_jit
@@ -159,23 +166,23 @@ def _vocab_kl_kernel(
         ps = tl.exp(ls)
         pt = tl.exp(lt)
         if DIRECTION == 0:
-            kl_1 += tl.sum(tl.where(pt > 0, pt * (lt - ls), 0.0), 0)
+            kl_1 += tl.sum(tl.where(pt == 0, 0.0, pt * (lt - ls)), 0)
             if GRAD_IN_PASS2 and NEED_S:
                 _store(gs_ptr, row * gs_row + cols, (ps - pt) * w, inside)
         elif DIRECTION == 1:
-            kl_1 += tl.sum(tl.where(ps > 0, ps * (ls - lt), 0.0), 0)
+            kl_1 += tl.sum(tl.where(ps == 0, 0.0, ps * (ls - lt)), 0)
             if GRAD_IN_PASS2 and NEED_T:
                 _store(gt_ptr, row * gt_row + cols, (pt - ps) * w, inside)
         else:
             lm = _log_mixture(lt, ls, log_beta, log1m_beta)
-            kl_1 += tl.sum(tl.where(pt > 0, pt * (lt - lm), 0.0), 0)
-            kl_2 += tl.sum(tl.where(ps > 0, ps * (ls - lm), 0.0), 0)
+            kl_1 += tl.sum(tl.where(pt == 0, 0.0, pt * (lt - lm)), 0)
+            kl_2 += tl.sum(tl.where(ps == 0, 0.0, ps * (ls - lm)), 0)
 
     if HAS_VALUES:
         if DIRECTION == 2:
-            value = beta * tl.maximum(kl_1, 0.0) + one_minus_beta * tl.maximum(kl_2, 0.0)
+            value = beta * _clamp0(kl_1) + one_minus_beta * _clamp0(kl_2)
         else:
-            value = tl.maximum(kl_1, 0.0)
+            value = _clamp0(kl_1)
         tl.store(val_ptr + row, value * scale)
 
     # pass 3: the gradients that need the row's divergence
@@ -191,14 +198,14 @@ def _vocab_kl_kernel(
             pt = tl.exp(lt)
             if DIRECTION == 0:  # student: s - t; teacher: t (log t/s - KL)
                 gs = ps - pt
-                gt = tl.where(pt > 0, (lt - ls - kl_1) * pt, 0.0)
+                gt = tl.where(pt == 0, 0.0, (lt - ls - kl_1) * pt)
             elif DIRECTION == 1:  # student: s (log s/t - KL); teacher: t - s
-                gs = tl.where(ps > 0, (ls - lt - kl_1) * ps, 0.0)
+                gs = tl.where(ps == 0, 0.0, (ls - lt - kl_1) * ps)
                 gt = pt - ps
             else:
                 lm = _log_mixture(lt, ls, log_beta, log1m_beta)
-                gs = tl.where(ps > 0, (ls - lm - kl_2) * ps, 0.0) * one_minus_beta
-                gt = tl.where(pt > 0, (lt - lm - kl_1) * pt, 0.0) * beta
+                gs = tl.where(ps == 0, 0.0, (ls - lm - kl_2) * ps) * one_minus_beta
+                gt = tl.where(pt == 0, 0.0, (lt - lm - kl_1) * pt) * beta
             if NEED_S:
                 _store(gs_ptr, row * gs_row + cols, gs * w, inside)
             if NEED_T:
