@@ -261,8 +261,8 @@ def _rows(
     shift = 4 * u * (xp.abs(norm_p[..., 0]) + xp.abs(norm_q[..., 0]) + v.bit_length())
     bound = u * (2 * s1 + s_r + (4 + v.bit_length() + 0.5 * spread[..., 0]) * kl)
     bound = bound + shift * residual + shift * shift * (1 + residual)
-    # p = q exactly: delta is 0 everywhere (then c is 0, and no rounding hid a difference)
-    ok = (bound <= 0.25 * promise * kl) | ((s1 == 0) & (c[..., 0] == 0))
+    # p = q exactly: delta is 0 wherever p > 0 (c is 0, no rounding hid a difference, no inf)
+    ok = (bound <= 0.25 * promise * kl) | ((s1 == 0) & (c[..., 0] == 0) & (kl == 0))
     grad_a = grad_b = None
     if need[1]:
         grad_b = pe / b if kq == "probs" else pe
