@@ -33,7 +33,6 @@ from .._registry import register_kl
 from .._xp import (
     broadcast_shapes,
     evaluate,
-    finite_partials,
     is_concrete,
     library_of,
     log_ratio,
@@ -147,11 +146,14 @@ def _inv_sigma(xp: Any, param: str, s: Any) -> Any:
 
 
 def _gap_over_sigma(xp: Any, gap: Any, param: str, s: Any, inv: Any) -> Any:
-    """``gap / sigma``; from a log scale in two halves, ``exp(-log sigma)`` may overflow where
-    the quotient doesn't."""
+    """``gap / sigma``, branch-free: from a log scale in two halves (``exp(-log sigma)`` may
+    overflow where the quotient doesn't), and with ``1 / sigma`` held at the largest float, so
+    that a point mass q (sigma = 0) with no gap gives 0, not ``0 * inf``: the KL is then
+    infinite through ``phi(d)`` (``d = +inf``) unless p is a point mass too."""
+    big = float(xp.finfo(gap.dtype).max)
     if param in ("std", "var"):
-        return gap * inv
-    half = xp.exp((-0.5 if param == "log_std" else -0.25) * s)
+        return gap * xp.clip(inv, max=big)
+    half = xp.clip(xp.exp((-0.5 if param == "log_std" else -0.25) * s), max=big)
     return (gap * half) * half
 
 
@@ -225,33 +227,10 @@ def normal_terms(kind_p: str, kind_q: str, p_standard: bool, q_standard: bool) -
                     else None
                 ),
             ]
-        if not is_concrete(value):  # traced: the exact evaluation's edges, fused in
-            value = _edges(xp, value, gap, kind_p, sp, kind_q, sq)
-            if any(need):
-                partials = finite_partials(xp, value, partials)
         return value, partials
 
     _TERMS[key] = fn
     return fn
-
-
-def _point_mass(xp: Any, kind: str, s: Any) -> Any:
-    return s == (-math.inf if kind in ("log_std", "log_var") else 0.0)
-
-
-def _edges(xp: Any, value: Any, gap: Any, kind_p: str, sp: Any, kind_q: str, sq: Any) -> Any:
-    """What :func:`kl_normal_normal_exact` gives where the fast formula is not finite: ``+inf``
-    where a side is a point mass or a scale is infinite (NaN only from NaN or undefined input),
-    and 0 for two point masses at the same place. For traced code (fused, branch-free)."""
-    nan_in = xp.isnan(gap)
-    for s in (sp, sq):
-        if s is not None:
-            nan_in = nan_in | xp.isnan(s)
-    value = xp.where(xp.isnan(value) & ~nan_in, math.inf, value)
-    if sp is not None and sq is not None:
-        same = _point_mass(xp, kind_p, sp) & _point_mass(xp, kind_q, sq) & (gap == 0)
-        value = xp.where(same, 0.0, value)
-    return value
 
 
 def _fast_args(p: Normal, q: Normal) -> tuple[tuple, str, str]:
