@@ -735,6 +735,10 @@ def closed_form(xp: Any, fn: Any, args: tuple) -> Any:
             from ._torch_ops import ClosedForm
 
             return ClosedForm.apply(fn, *args)
+        from ._torch_ops import call
+
+        res = call(fn, args, (False,) * len(args))
+        return (res[0], res[2]) if len(res) == 3 else res[0]
     elif lib == "jax":
         return _jax_closed_form()(fn, *args)
     res = fn(xp, *args, need=(False,) * len(args))

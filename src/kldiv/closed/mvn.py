@@ -236,10 +236,9 @@ def _kl_gaussians(p: MultivariateNormal | Normal, q: MultivariateNormal | Normal
     def param_array(d: MultivariateNormal | Normal) -> Any:
         return d.matrix if isinstance(d, MultivariateNormal) else d.scale
 
-    (loc_p, arr_p, loc_q, arr_q), dtype = _widen(xp, p.loc, param_array(p), q.loc, param_array(q))
     if getattr(p, "param", None) == getattr(q, "param", None) == "scale_tril":
-        value = closed_form(xp, _scale_tril_terms, (loc_p, arr_p, loc_q, arr_q))
-        return _narrow(xp, value, dtype)
+        return closed_form(xp, _scale_tril_terms, (p.loc, p.matrix, q.loc, q.matrix))
+    (loc_p, arr_p, loc_q, arr_q), dtype = _widen(xp, p.loc, param_array(p), q.loc, param_array(q))
     refine = _refine(xp, dtype, mvn.matrix)
 
     def scale(d: MultivariateNormal | Normal, arr: Any) -> Scale:
@@ -263,12 +262,18 @@ def _scale_tril_terms(
         \partial_{L_p} = \mathrm{tril}(W_M) - \mathrm{diag}(1/L_{p,ii}),\quad
         \partial_{L_q} = -\mathrm{tril}(W_M M^\top + w_z z^\top) + \mathrm{diag}(1/L_{q,ii}),
 
-    one triangular solve and one matrix product beyond the value.
+    one triangular solve and one matrix product beyond the value. The value is computed in the
+    working dtype (float64 for float32 input, see :func:`_widen`); the gradient needs no more
+    than the input's own precision, and is computed in it (except for a second derivative).
     """
+    (loc_p, tri_p, loc_q, tri_q), dtype = _widen(xp, loc_p, tri_p, loc_q, tri_q)
     a, b = tril(xp, tri_p), tril(xp, tri_q)
     value, delta, z = kl_scales(xp, loc_p - loc_q, Scale(a), Scale(b), parts=True)
+    value = _narrow(xp, value, dtype)
     partials: list = [None] * 4
     if any(need):
+        if not smooth:
+            a, b, delta, z = (_narrow(xp, t, dtype) for t in (a, b, delta, z))
         k = a.shape[-1]
         m = delta + _eye(xp, k, delta)
         batch = broadcast_shapes({"M": tuple(m.shape[:-2]), "z": tuple(z.shape[:-2])})
