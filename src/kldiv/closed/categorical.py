@@ -41,6 +41,7 @@ from .._xp import (
     library_of,
     log_ratio,
     log_ratio_fast,
+    phi_fast,
     safe_log,
     weighted_phi,
     xp_of,
@@ -212,15 +213,28 @@ def _log_normalizer(xp: Any, x: Any, param: str) -> Any:
 
 
 def _rows(
-    xp: Any, a: Any, b: Any, kinds: tuple, need: tuple, smooth: bool, promise: float
+    xp: Any,
+    a: Any,
+    b: Any,
+    kinds: tuple,
+    need: tuple,
+    smooth: bool,
+    promise: float,
+    branch_free: bool = False,
 ) -> tuple:
     """(KL, accepted, d KL / d a, d KL / d b) for rows along the last axis.
 
-    ``accepted`` is where a bound on the rounding error is below a quarter of ``promise``
-    (relative). The bound adds up, per class: ``expm1``'s error, ``2u |q - p|``; the error of
-    ``delta``, ``u |q - p| r`` with ``r`` what rounded it; the normalizers' error ``D``, at first
-    order ``D |sum(q - p)|`` (0 unless a probability underflowed) and then ``D**2``; the error of
-    ``p``, ``u (-log p)`` relative; and that of the sum.
+    The normalizers' rounding is taken out exactly: with ``s = sum(p expm1(x))`` and
+    ``P = sum(p)``, the shift ``sigma = log1p(s / P)`` makes the terms stationary again, and
+    ``KL = sum(p phi(x)) - P phi(sigma)`` is their minimum over common shifts of ``x``
+    (``t - log1p(t)`` is ``phi(log1p(t))``), so ``c``'s error enters neither at first nor second
+    order.
+
+    ``accepted`` is where a bound on the rounding error is below half of ``promise``
+    (relative). The bound adds up, per class: ``expm1``'s error, ``2u |q - p|`` (or
+    ``phi_fast``'s own); the error of ``delta``, ``u |q - p| r`` with ``r`` what rounded it; the
+    error of ``p``, ``u (-log p)`` relative; that of the sums and of the correction. A row with a
+    probability below the smallest normal float (underflowed, or imprecise) is never accepted.
     """
     kp, kq = kinds
     p, norm_p, spread = _normalize(xp, a, kp)
@@ -238,67 +252,96 @@ def _rows(
         r = xp.abs(la) + xp.abs(lb) + 2.0
     x = delta - c
     e = xp.expm1(x)
-    pe = p * e  # = q - p
-    residual = xp.abs(xp.sum(pe, axis=-1))
+    pe = p * e  # = q - p, up to the normalizers' rounding
+    s = xp.sum(pe, axis=-1)
+    total_p = xp.sum(p, axis=-1)
     abs_pe = xp.abs(pe)
     s1 = xp.sum(abs_pe, axis=-1)
+    branch_free = branch_free and not smooth
     if smooth:  # no in-place updates: autograd may differentiate this again
         s_r = xp.sum(xp.abs(delta * pe), axis=-1)
         terms = (e - x) * p
     else:
         delta *= pe
         s_r = xp.sum(xp.abs(delta) if library_of(delta) != "torch" else delta.abs_(), axis=-1)
-        e -= x
-        e *= p
-        terms = e
+        if branch_free:  # phi to a few ulp even where x is small: no cancellation
+            terms = phi_fast(xp, x, e)
+            terms *= p
+        else:
+            e -= x
+            e *= p
+            terms = e
     if r is None:
         s_r = 0.5 * s_r
     else:
         s_r = s_r + xp.sum(r * abs_pe, axis=-1)
-    kl = xp.sum(terms, axis=-1)
-    per_row = (s1, s_r, residual, kl, spread[..., 0], norm_p[..., 0], c[..., 0])
-    if library_of(kl) == "torch" and kl.device.type == "cpu" and is_concrete(kl):
+    kl0 = xp.sum(terms, axis=-1)
+    bits, v = (53 if kl0.dtype == xp.float64 else 24), a.shape[-1]
+    phi_error = _PHI_FAST_ERROR[bits] if branch_free else None
+    per_row = (s1, s_r, s, total_p, kl0, spread[..., 0], c[..., 0])
+    if library_of(kl0) == "torch" and kl0.device.type == "cpu" and is_concrete(kl0):
         # small per-row arithmetic: NumPy's per-call cost is a fraction of torch's
         import torch
 
-        ok = _accepted(np, a.shape[-1], promise, *(t.detach().numpy() for t in per_row))
-        ok = torch.from_numpy(np.asarray(ok))
+        rows = _corrected(np, v, promise, phi_error, *(t.detach().numpy() for t in per_row))
+        kl, ok, sigma = (torch.from_numpy(np.asarray(t)) for t in rows)
     else:
-        ok = _accepted(xp, a.shape[-1], promise, *per_row)
+        kl, ok, sigma = _corrected(xp, v, promise, phi_error, *per_row)
     grad_a = grad_b = None
-    if need[1]:
-        grad_b = pe / b if kq == "probs" else pe
+    if need[1]:  # q - p at the corrected shift: p (exp(x - sigma) - 1)
+        sg = sigma[..., None]
+        grad_b = pe * xp.exp(-sg) + p * xp.expm1(-sg)
+        if kq == "probs":
+            grad_b = grad_b / b
     if need[0]:
-        grad_a = -(x + kl[..., None]) * p
+        grad_a = -((x - sigma[..., None]) + kl[..., None]) * p
         if kp == "probs":
             grad_a = grad_a / a
     return kl, ok, grad_a, grad_b
 
 
-def _accepted(xp: Any, v: int, promise: float, s1, s_r, residual, kl, spread, norm_p, c) -> Any:
-    """Per row: whether the bound on the fast value's rounding error is below a quarter of
-    ``promise`` (see :func:`_rows` for the terms); or p = q exactly (delta is 0 wherever p > 0:
-    c is 0, no rounding hid a difference, no infinity)."""
-    u = 2.0 ** -(53 if kl.dtype == xp.float64 else 24)
-    shift = 4 * u * (xp.abs(norm_p) + xp.abs(norm_p + c) + v.bit_length())
-    bound = u * (2 * s1 + s_r + (4 + v.bit_length() + 0.5 * spread) * kl)
-    bound = bound + shift * residual + shift * shift * (1 + residual)
-    return (bound <= 0.25 * promise * kl) | ((s1 == 0) & (c == 0) & (kl == 0))
+def _corrected(
+    xp: Any, v: int, promise: float, phi_error: Any, s1, s_r, s, total_p, kl0, spread, c
+) -> tuple:
+    """Per row: the KL with the normalizers' rounding taken out, whether it is accepted, and
+    the shift ``sigma`` (see :func:`_rows`). Accepted: the bound on the rounding error is below
+    half of ``promise``; or p = q exactly (delta is 0 wherever p > 0: c is 0, no rounding hid a
+    difference, no infinity). ``phi_error``: the terms' relative error where they come from
+    ``phi_fast``; else ``expm1(x) - x``'s cancellation, ``2u |q - p|``."""
+    u = 2.0 ** -(53 if kl0.dtype == xp.float64 else 24)
+    sigma = xp.log1p(s / total_p)
+    corr = total_p * phi_fast(xp, sigma)
+    kl = xp.maximum(kl0 - corr, 0.0 * kl0)
+    terms = 2 * s1 if phi_error is None else (phi_error / u) * kl
+    bound = u * (terms + s_r + (4 + v.bit_length() + 0.5 * spread) * kl + 2 * (kl0 + corr))
+    bound = bound + _PHI_FAST_ERROR[53 if u < 2.0**-30 else 24] * corr
+    normal = spread < -math.log(float(xp.finfo(kl0.dtype).smallest_normal)) - 1.0
+    ok = ((bound <= 0.5 * promise * kl) & (kl > 0) & normal) | ((s1 == 0) & (c == 0) & (kl0 == 0))
+    return kl, ok, sigma
+
+
+#: The relative error of the terms where they come from :func:`kldiv._xp.phi_fast` (NumPy and
+#: PyTorch; tests/test_fast_paths.py measures it), by precision. Rows that ``expm1(x) - x``
+#: can't vouch for (its cancellation where ``|x|`` is small: nearly equal rows) are evaluated
+#: again that way, which costs more per element but keeps them clear of the exact evaluation.
+_PHI_FAST_ERROR = {24: 1.5e-6, 53: 5e-14}
 
 
 _TERMS: dict = {}  # one function per pair: JAX and torch.compile see the same object each call
 
 
-def categorical_terms(param_p: str, param_q: str, promise: float | None = None) -> Any:
+def categorical_terms(
+    param_p: str, param_q: str, promise: float | None = None, branch_free: bool = False
+) -> Any:
     """The fast evaluation for one pair of parametrizations (class axis last), as a
     :func:`kldiv._xp.closed_form` function returning ``(KL, partials, accepted)``. Rows are
-    accepted where the error bound is below a quarter of ``promise`` (default: the promise of the
+    accepted where the error bound is below half of ``promise`` (default: the promise of the
     arrays' own dtype; a float32 input evaluated in float64 needs only float32's).
 
     Eagerly (NumPy, PyTorch outside compile), rows go in chunks of about
     :data:`CHUNK_ELEMENTS` elements, so that the temporaries of a chunk stay in cache.
     """
-    key = (param_p, param_q, promise)
+    key = (param_p, param_q, promise, branch_free)
     if key in _TERMS:
         return _TERMS[key]
     kinds = (param_p, param_q)
@@ -307,7 +350,7 @@ def categorical_terms(param_p: str, param_q: str, promise: float | None = None) 
         v = a.shape[-1]
         target = promise or _PROMISE[53 if a.dtype == xp.float64 else 24]
         if smooth or not is_concrete(a) or a.shape != b.shape or a.ndim < 2:
-            kl, ok, ga, gb = _rows(xp, a, b, kinds, need, smooth, target)
+            kl, ok, ga, gb = _rows(xp, a, b, kinds, need, smooth, target, branch_free)
             grads = finite_partials(xp, kl, [ga, gb]) if any(need) else [ga, gb]
             return kl, grads, ok
         batch = tuple(a.shape[:-1])
@@ -315,7 +358,7 @@ def categorical_terms(param_p: str, param_q: str, promise: float | None = None) 
         n = a2.shape[0]
         step = max(1, CHUNK_ELEMENTS // v)
         if step >= n:
-            kl, ok, ga, gb = _rows(xp, a2, b2, kinds, need, smooth, target)
+            kl, ok, ga, gb = _rows(xp, a2, b2, kinds, need, smooth, target, branch_free)
         else:
             kl = xp.empty((n,), dtype=a.dtype, device=a2.device)
             ok = xp.empty((n,), dtype=xp.bool, device=a2.device)
@@ -323,7 +366,9 @@ def categorical_terms(param_p: str, param_q: str, promise: float | None = None) 
             gb = xp.empty_like(b2) if need[1] else None
             for i in range(0, n, step):
                 j = min(i + step, n)
-                k_, o_, ga_, gb_ = _rows(xp, a2[i:j], b2[i:j], kinds, need, smooth, target)
+                k_, o_, ga_, gb_ = _rows(
+                    xp, a2[i:j], b2[i:j], kinds, need, smooth, target, branch_free
+                )
                 kl[i:j], ok[i:j] = k_, o_
                 if ga is not None:
                     ga[i:j] = ga_
@@ -354,17 +399,26 @@ def kl_categorical_categorical(p: Categorical, q: Categorical) -> Any:
     def careful(ra: Any, rb: Any) -> Any:
         return kl_rows_exact(xp, ra, kinds[0], rb, kinds[1])
 
-    if a.dtype == xp.float32 and is_concrete(a) and has_float64(xp, _device(a)):
-        # Eagerly, the rows float32 can't vouch for are evaluated again in float64 (float32's
-        # promise is then easy to meet); what that still can't vouch for gets the careful
-        # evaluation, which traced code uses directly (it then runs only when needed).
-        fn = categorical_terms(*kinds, promise=_PROMISE[24])  # made here: not inside a cond
+    exact = careful
+    if is_concrete(a):
+        # Eagerly, the rows the first evaluation can't vouch for are evaluated again with
+        # phi_fast; float32 rows still refused, in float64 (float32's promise is then easy to
+        # meet); what that still can't vouch for gets the careful evaluation. Traced code uses
+        # the careful one directly (it then runs only when needed).
+        if a.dtype == xp.float32 and has_float64(xp, _device(a)):
+            wide_fn = categorical_terms(*kinds, promise=_PROMISE[24])
+
+            def exact(ra: Any, rb: Any) -> Any:
+                wide = (xp.astype(ra, xp.float64), xp.astype(rb, xp.float64))
+                shape = broadcast_shapes({"p": tuple(ra.shape), "q": tuple(rb.shape)})
+                return xp.astype(
+                    evaluate(xp, wide_fn, wide, careful, shape, refit=False), xp.float32
+                )
+
+        second_fn, then = categorical_terms(*kinds, branch_free=True), exact
 
         def exact(ra: Any, rb: Any) -> Any:
-            wide = (xp.astype(ra, xp.float64), xp.astype(rb, xp.float64))
             shape = broadcast_shapes({"p": tuple(ra.shape), "q": tuple(rb.shape)})
-            return xp.astype(evaluate(xp, fn, wide, careful, shape, refit=False), xp.float32)
-    else:
-        exact = careful
+            return evaluate(xp, second_fn, (ra, rb), then, shape, refit=False)
 
     return evaluate(xp, categorical_terms(*kinds), (a, b), exact, full, refit=False)
