@@ -389,9 +389,10 @@ def two_product(xp: Any, a: Any, b: Any) -> tuple[Any, Any]:
 
 
 def safe_log(xp: Any, x: Any) -> Any:
-    """``log(x)`` with ``log(0) = -inf`` and a zero (not NaN) gradient at ``x = 0``."""
-    pos = x > 0
-    return xp.where(pos, xp.log(xp.where(pos, x, 1.0)), -math.inf)
+    """``log(x)`` with ``log(0) = -inf`` and a zero (not NaN) gradient at ``x = 0``; NaN stays
+    NaN."""
+    zero = x == 0
+    return xp.where(zero, -math.inf, xp.log(xp.where(zero, 1.0, x)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -478,18 +479,33 @@ def _solve_triangular_numpy(a: np.ndarray, b: np.ndarray, lower: bool) -> np.nda
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     k, m = a.shape[-1], b.shape[-1]
     if not batch:
-        x = scipy.linalg.solve_triangular(a, b, lower=True, check_finite=False)
+        try:
+            x = scipy.linalg.solve_triangular(a, b, lower=True, check_finite=False)
+        except np.linalg.LinAlgError:  # a zero on the diagonal: inf/NaN, as the batched case
+            return _solve_triangular_numpy(a[None], b[None], True)[0]
         return x.astype(dtype, copy=False)
     a = np.broadcast_to(a, (*batch, k, k))
     b = np.broadcast_to(b, (*batch, k, m))
     x = np.empty((*batch, k, m), dtype=dtype)
     if k < _SUBSTITUTION_MAX_K:
-        for i in range(k):  # forward substitution, vectorized over the batch and columns
+        return _substitute(a, b, x)
+    for idx in np.ndindex(*batch):
+        try:
+            x[idx] = scipy.linalg.solve_triangular(a[idx], b[idx], lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            x[idx] = _substitute(a[idx][None], b[idx][None])[0]
+    return x
+
+
+def _substitute(a: np.ndarray, b: np.ndarray, x: Any = None) -> np.ndarray:
+    """Forward substitution, vectorized over the batch and columns (a zero pivot gives inf/NaN
+    rather than an error)."""
+    if x is None:
+        x = np.empty(np.broadcast_shapes((*a.shape[:-1], b.shape[-1]), b.shape), dtype=b.dtype)
+    with np.errstate(all="ignore"):
+        for i in range(a.shape[-1]):
             s = b[..., i, :] - (a[..., i : i + 1, :i] @ x[..., :i, :])[..., 0, :]
             x[..., i, :] = s / a[..., i, i, None]
-        return x
-    for idx in np.ndindex(*batch):
-        x[idx] = scipy.linalg.solve_triangular(a[idx], b[idx], lower=True, check_finite=False)
     return x
 
 

@@ -73,8 +73,10 @@ def kl_bernoulli_bernoulli_exact(p: Bernoulli, q: Bernoulli) -> Any:
     else:
         sp = _side_from_probs(xp, pv) if p.param == "probs" else _side_from_logits(xp, pv)
         sq = _side_from_probs(xp, qv) if q.param == "probs" else _side_from_logits(xp, qv)
-        delta = log_weight_ratio(xp, sp, sq)
-    return kl_from_sides(xp, sp, sq, delta, -1)
+        value = kl_from_sides(xp, sp, sq, log_weight_ratio(xp, sp, sq), -1, exact_delta=True)
+        return xp.where(xp.isnan(pv) | xp.isnan(qv), math.nan, value)
+    value = kl_from_sides(xp, sp, sq, delta, -1)
+    return xp.where(xp.isnan(pv) | xp.isnan(qv), math.nan, value)  # the masks above hide NaN
 
 
 # ----------------------------------------------------------------------------------------------

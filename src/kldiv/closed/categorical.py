@@ -63,8 +63,12 @@ class Side:
 
 
 def side_from_logits(xp: Any, logits: Any, axis: int) -> Side:
-    """A :class:`Side` from logits or log-probabilities (``-inf`` allowed)."""
+    """A :class:`Side` from logits or log-probabilities (``-inf`` allowed; ``+inf`` logits
+    share all the mass, as the limit says; NaN gives NaN)."""
     m = xp.max(logits, axis=axis, keepdims=True)
+    sure = m == math.inf
+    top = xp.where(logits == math.inf, xp.zeros_like(logits), xp.full_like(logits, -math.inf))
+    logits = xp.where(sure, top, logits)
     m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
     s = logits - m  # exact near the max, so log_hat keeps full relative accuracy
     lse = xp.log(xp.sum(xp.exp(s), axis=axis, keepdims=True))
@@ -89,9 +93,10 @@ def side_of(xp: Any, d: Categorical, axis: int) -> Side:
 
 def supports(xp: Any, p: Side, q: Side) -> tuple[Any, Any]:
     """Where p > 0, and where both are, read from the log-weights: a probability that
-    underflows to 0 is still positive (and p > 0 = q still gives +inf)."""
-    pos = p.log_hat > -math.inf
-    return pos, pos & (q.log_hat > -math.inf)
+    underflows to 0 is still positive (and p > 0 = q still gives +inf). NaN counts as positive,
+    so that it reaches the value (never read as a zero probability)."""
+    pos = ~(p.log_hat == -math.inf)
+    return pos, pos & ~(q.log_hat == -math.inf)
 
 
 def log_weight_ratio(
@@ -111,11 +116,13 @@ def log_weight_ratio(
     return _two_sum(xp.where(both, q.log_w, zero), -xp.where(both, p.log_w, zero))
 
 
-def kl_from_sides(xp: Any, p: Side, q: Side, delta: tuple[Any, Any], axis: int) -> Any:
+def kl_from_sides(
+    xp: Any, p: Side, q: Side, delta: tuple[Any, Any], axis: int, exact_delta: bool = False
+) -> Any:
     """KL(p || q) summed over ``axis`` (see the module docstring for the method).
 
     ``delta`` is ``log(w_q / w_p)`` as an unevaluated sum ``hi + lo`` (see
-    :func:`log_weight_ratio`).
+    :func:`log_weight_ratio`); ``exact_delta``: it is exactly ``q.log_w - p.log_w``.
     """
     pos, both = supports(xp, p, q)
     hi, lo = delta
@@ -129,8 +136,19 @@ def kl_from_sides(xp: Any, p: Side, q: Side, delta: tuple[Any, Any], axis: int) 
     ref_lo = xp.max(xp.where(is_top & (hi == ref), lo, -math.inf), axis=axis, keepdims=True)
     ref_lo = xp.where(ref_ok & xp.isfinite(ref_lo), ref_lo, xp.zeros_like(ref_lo))
     dprime = (hi - ref) + (lo - ref_lo)
-    # c = log(Z_q / Z_p) - ref, the exact value of which makes x = log(q_hat / p_hat).
-    c_far = (((q.m - p.m) - ref) - ref_lo) + (q.lse - p.lse)
+    # c = log(Z_q / Z_p) - ref, the exact value of which makes x = log(q_hat / p_hat). With
+    # log-weights, ref + ref_lo is exactly w_q - w_p at p's mode k, so (m_q - m_p) - (ref +
+    # ref_lo) is (m_q - w_q[k]) - (m_p - w_p[k]): two differences of nearby numbers, not of
+    # the two maxima (which may be far apart, 9999 and 0.3, say, and round in float32).
+    if exact_delta:
+        at_k = is_top & (hi == ref)
+        w_p = xp.max(xp.where(at_k, p.log_w, -math.inf), axis=axis, keepdims=True)
+        w_q = xp.max(xp.where(at_k, q.log_w, -math.inf), axis=axis, keepdims=True)
+        k_ok = ref_ok & xp.isfinite(w_p) & xp.isfinite(w_q)
+        gap = xp.where(k_ok, (q.m - w_q) - (p.m - w_p), ((q.m - p.m) - ref) - ref_lo)
+        c_far = gap + (q.lse - p.lse)
+    else:
+        c_far = (((q.m - p.m) - ref) - ref_lo) + (q.lse - p.lse)
     near = xp.abs(c_far) < _NEAR
     c_safe = xp.where(near, c_far, xp.zeros_like(c_far))
     small = pos & (xp.abs(dprime) < _NEAR)
@@ -158,10 +176,8 @@ def kl_rows_exact(xp: Any, a: Any, param_p: str, b: Any, param_q: str, axis: int
     sp = side_from_probs(xp, a, axis) if param_p == "probs" else side_from_logits(xp, a, axis)
     sq = side_from_probs(xp, b, axis) if param_q == "probs" else side_from_logits(xp, b, axis)
     if param_p == "probs" and param_q == "probs":
-        delta = log_weight_ratio(xp, sp, sq, a, b)
-    else:
-        delta = log_weight_ratio(xp, sp, sq)
-    return kl_from_sides(xp, sp, sq, delta, axis)
+        return kl_from_sides(xp, sp, sq, log_weight_ratio(xp, sp, sq, a, b), axis)
+    return kl_from_sides(xp, sp, sq, log_weight_ratio(xp, sp, sq), axis, exact_delta=True)
 
 
 # ----------------------------------------------------------------------------------------------

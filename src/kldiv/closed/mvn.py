@@ -46,6 +46,7 @@ factorization (NumPy, PyTorch) or gives NaN (JAX): values are not checked inside
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,11 +66,12 @@ from .._xp import (
     xp_of,
 )
 from ..dists import MultivariateNormal, Normal
+from ..errors import bad
 from .normal import std_of
 
-#: Matrices up to this size get the doubled-precision residual correction (a few ``k x k``
-#: matrix products per factorization); larger ones keep the plain float64 factorization.
-REFINE_MAX_K = 64
+#: float64 covariances and precisions of every size get the doubled-precision residual
+#: correction of their factorization (about ten ``k x k`` matrix products per factorization:
+#: docs/benchmarks.md measures what it costs), which keeps the 1e-10 promise at condition 1e6.
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def _narrow(xp: Any, value: Any, dtype: Any) -> Any:
 
 def _refine(xp: Any, dtype: Any, matrix: Any) -> bool:
     """Whether to correct the factorization (float64 input; float32 is computed in float64)."""
-    return dtype == xp.float64 and matrix.shape[-1] <= REFINE_MAX_K
+    return dtype == xp.float64
 
 
 def _eye(xp: Any, k: int, like: Any) -> Any:
@@ -209,6 +211,16 @@ def kl_scales(xp: Any, dloc: Any, p: Scale, q: Scale, parts: bool = False) -> An
     below_sq = xp.sum(delta * delta, axis=(-2, -1)) - xp.sum(d * d, axis=-1)
     diag_terms = xp.sum(phi(xp, 2.0 * log_m), axis=-1)
     kl = 0.5 * (diag_terms + below_sq + xp.sum(z * z, axis=(-2, -1)))
+    # A singular factor (a zero on its diagonal) is a degenerate Gaussian: +inf, like Normal's
+    # point mass (the solves give inf/NaN there). NaN parameters still give NaN.
+    singular = xp.zeros_like(kl) != 0
+    for f in (p, q):
+        if not f.inverse:
+            singular = singular | xp.any(xp.linalg.diagonal(f.tri) == 0, axis=-1)
+    nan_in = xp.isnan(xp.sum(xp.abs(dloc), axis=-1))
+    for f in (p, q):
+        nan_in = nan_in | xp.isnan(xp.sum(xp.abs(f.tri), axis=(-2, -1)))
+    kl = xp.where(singular & ~nan_in, math.inf, kl)
     if parts:  # for the gradient: M - I and z = L_q^-1 (mu_p - mu_q), as a column
         return kl, delta, z
     if p.s is None and q.s is None:
@@ -241,12 +253,22 @@ def _kl_gaussians(p: MultivariateNormal | Normal, q: MultivariateNormal | Normal
     (loc_p, arr_p, loc_q, arr_q), dtype = _widen(xp, p.loc, param_array(p), q.loc, param_array(q))
     refine = _refine(xp, dtype, mvn.matrix)
 
-    def scale(d: MultivariateNormal | Normal, arr: Any) -> Scale:
+    def scale(d: MultivariateNormal | Normal, arr: Any, side: str) -> Scale:
         if isinstance(d, MultivariateNormal):
-            return factor(xp, d.param, arr, refine=refine)
+            try:
+                return factor(xp, d.param, arr, refine=refine)
+            except Exception as err:  # the library's Cholesky: not positive definite
+                if "LinAlgError" not in type(err).__name__:
+                    raise
+                raise bad(
+                    f"{side}.{d.param}",
+                    "a symmetric positive-definite matrix",
+                    f"one whose Cholesky factorization fails ({err})",
+                ) from None
         return diag_scale(xp, d.param, arr, k)
 
-    return _narrow(xp, kl_scales(xp, loc_p - loc_q, scale(p, arr_p), scale(q, arr_q)), dtype)
+    sp, sq = scale(p, arr_p, "p"), scale(q, arr_q, "q")
+    return _narrow(xp, kl_scales(xp, loc_p - loc_q, sp, sq), dtype)
 
 
 def _scale_tril_terms(

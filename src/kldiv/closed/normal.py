@@ -123,9 +123,19 @@ def kl_normal_normal_exact(p: Normal, q: Normal) -> Any:
     d = log_var_ratio(xp, p, q)
     z = standardized_gap(xp, p.loc, q)
     # sigma_q = 0 (a point mass) makes the KL infinite; without this, 0/0 in z would give NaN.
-    point_mass = q.scale == (-math.inf if q.param in ("log_std", "log_var") else 0.0)
+    point_mass = _is_point_mass(q)
     half_z2 = xp.where(point_mass, math.inf, (0.5 * z) * z)
-    return weighted_phi(xp, 0.5, -math.log(2.0), d) + half_z2  # halves: no early overflow
+    value = weighted_phi(xp, 0.5, -math.log(2.0), d) + half_z2  # halves: no early overflow
+    # Two point masses (d would be 0/0): 0 at the same place, +inf apart, NaN for a NaN place.
+    gap = p.loc - q.loc
+    both = point_mass & _is_point_mass(p)
+    apart = xp.where(xp.isnan(gap), gap, xp.full_like(gap, math.inf))
+    return xp.where(both, xp.where(gap == 0, xp.zeros_like(gap), apart), value)
+
+
+def _is_point_mass(d: Normal) -> Any:
+    """Where the scale is 0 (or its log -inf)."""
+    return d.scale == (-math.inf if d.param in ("log_std", "log_var") else 0.0)
 
 
 # ----------------------------------------------------------------------------------------------
