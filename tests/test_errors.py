@@ -199,8 +199,12 @@ def test_validate_scale_values(p, fragments):
 
 
 def test_validate_mask_values():
-    with raises("mask[1]", "0 or 1", "0.5"):
-        kldiv.kl(N, N, mask=np.array([1.0, 0.5, 0.0]), validate=True)
+    """Masks are weights (issue 12): 0.5 is valid, a negative or non-finite weight is not."""
+    kldiv.kl(N, N, mask=np.array([1.0, 0.5, 0.0]), validate=True)
+    with raises("mask[1]", "a finite non-negative weight", "-1.0"):
+        kldiv.kl(N, N, mask=np.array([1.0, -1.0, 0.0]), validate=True)
+    with raises("mask[2]", "a finite non-negative weight", "inf"):
+        kldiv.kl(N, N, mask=np.array([1.0, 0.0, np.inf]), validate=True)
 
 
 def test_validate_passes_valid_input_and_does_not_change_the_value():

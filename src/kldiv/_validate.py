@@ -44,8 +44,8 @@ def check_values(d: Any, name: str) -> None:
     """Raise on the first invalid value of spec (or mask) ``d``."""
     if not isinstance(d, Distribution):
         m = to_numpy(name, d)
-        if m.dtype != bool:
-            _first_bad(name, m, (m != 0) & (m != 1), "0 or 1")
+        if m.dtype != bool:  # weights: a bool mask is the 0/1 case
+            _first_bad(name, m, ~(np.isfinite(m) & (m >= 0)), "a finite non-negative weight")
         return
     for field, value in d._arrays().items():
         arr = to_numpy(f"{name}.{field}", value)

@@ -120,6 +120,8 @@ class Estimate:
     value: Any
     stderr: Any
     num_samples: int
+    #: Set where the samples say ``stderr`` can't be trusted (:func:`heavy_tail_warning`).
+    warning: str | None = None
 
     def __post_init__(self) -> None:
         _register_pytree_if_jax_loaded()
@@ -147,7 +149,7 @@ class Estimate:
         value, stderr = _reduce_pair(
             xp, self.value, self.stderr, shape, (), mask, reduction, normalizer
         )
-        return Estimate(value, stderr, self.num_samples)
+        return Estimate(value, stderr, self.num_samples, self.warning)
 
     def interval(self, level: float = 0.95) -> tuple[Any, Any]:
         """The normal-approximation interval ``value ± z * stderr`` (``z = 1.96`` for 0.95)."""
@@ -174,8 +176,8 @@ def _register_pytree_if_jax_loaded() -> None:
     _PYTREE_REGISTERED = True
     jax.tree_util.register_pytree_node(
         Estimate,
-        lambda e: ((e.value, e.stderr), e.num_samples),
-        lambda n, children: Estimate(children[0], children[1], n),
+        lambda e: ((e.value, e.stderr), (e.num_samples, e.warning)),
+        lambda aux, children: Estimate(children[0], children[1], *aux),
     )
 
 
@@ -551,6 +553,54 @@ def _per_sample(xp: Any, estimator: str, log_p: Any, log_q: Any, entropy: Any) -
     return _from_log_ratio(xp, estimator, log_q - log_p)
 
 
+#: Hill's estimate of the tail index below which :func:`heavy_tail_warning` speaks up: below 2
+#: the variance is infinite (or nearly so), and the normal interval ``value +- 2 stderr`` covers
+#: the truth far less often than it says (79 % instead of 95 % for StudentT(3) against N(0, 1)).
+HEAVY_TAIL_INDEX = 2.0
+
+
+def heavy_tail_warning(samples: Any) -> str | None:
+    """A warning if the per-sample terms of a Monte Carlo mean have heavy tails, else None.
+
+    ``samples`` has the samples on axis 0 (more axes: one check per distribution, the worst
+    reported). The check is Hill's estimator of the tail index of ``|g - median(g)|`` over the
+    largest ``max(10, sqrt(n))`` values: a tail index below :data:`HEAVY_TAIL_INDEX` means a
+    variance that is infinite or too large for the standard error (and any interval built on
+    it) to mean much. It reads values, so it is skipped (None) under ``jit``/``compile``.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> heavy_tail_warning(rng.normal(size=4000)) is None
+    True
+    >>> heavy_tail_warning(rng.standard_t(1.2, size=4000)) is not None
+    True
+    """
+    if not (_xp.is_concrete(samples) or _xp.library_of(samples) == "jax"):
+        return None
+    try:
+        g = np.asarray(samples.detach().cpu() if hasattr(samples, "detach") else samples)
+    except Exception:  # a tracer: nothing to read
+        return None
+    g = g.astype(np.float64).reshape(g.shape[0], -1)
+    n = g.shape[0]
+    k = max(10, math.isqrt(n))
+    if n < 4 * k or not np.all(np.isfinite(g)):
+        return None
+    dev = np.sort(np.abs(g - np.median(g, axis=0)), axis=0)[::-1]
+    top, base = dev[:k], dev[k]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha = k / np.sum(np.log(top / base), axis=0)
+    alpha = alpha[np.isfinite(alpha)]
+    if not alpha.size or float(alpha.min()) >= HEAVY_TAIL_INDEX:
+        return None
+    return (
+        f"heavy tails: the log-ratio's tail index is about {float(alpha.min()):.2g} (below "
+        f"{HEAVY_TAIL_INDEX:g}, the variance is infinite or nearly so), so the standard error, "
+        "and an interval built on it, understate the uncertainty (more samples help only "
+        "slowly)"
+    )
+
+
 def _mean_and_stderr(xp: Any, g: Any, n: int) -> tuple[Any, Any]:
     mean = xp.mean(g, axis=0)
     if n == 1:
@@ -830,6 +880,7 @@ def _finish(
     ent = per_distribution(entropy, False) if estimator == "entropy" else None
     g = _per_sample(xp, estimator, lp, lq, ent)
     value, stderr = _mean_and_stderr(xp, g, n)
+    warning = heavy_tail_warning(g) if n > 1 else None
     if mask is not None or reduction != "none" or normalizer is not None:
         normalizer = _kl._as_normalizer(xp, normalizer, value.dtype)
         value, stderr = _reduce_pair(
@@ -837,7 +888,7 @@ def _finish(
         )
     if value.dtype != out_dtype:
         value, stderr = xp.astype(value, out_dtype), xp.astype(stderr, out_dtype)
-    return Estimate(value, stderr, n)
+    return Estimate(value, stderr, n, warning)
 
 
 def _kl_generic(

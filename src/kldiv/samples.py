@@ -153,6 +153,15 @@ def _repeats(z: np.ndarray) -> int:
     return z.shape[0] - np.unique(z, axis=0).shape[0]
 
 
+def _copies(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """For each row of ``x``, how many rows of ``y`` equal it exactly."""
+    both = np.concatenate([x, y])
+    _, inverse, counts_all = np.unique(both, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    in_x = np.bincount(inverse[: x.shape[0]], minlength=counts_all.shape[0])
+    return (counts_all - in_x)[inverse[: x.shape[0]]]
+
+
 def _resolution(column: np.ndarray) -> float:
     vals = np.unique(column)
     if vals.size < 2:
@@ -294,15 +303,31 @@ def _use_tree(algorithm: str, metric: str, d: int) -> bool:
 
 
 def _knn_distances(
-    x: np.ndarray, y: np.ndarray, k: int, metric: str, tree: bool, report: Callable[[int], None]
+    x: np.ndarray,
+    y: np.ndarray,
+    k: int,
+    metric: str,
+    tree: bool,
+    report: Callable[[int], None],
+    copies: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(rho_k, nu_k)`` for every x."""
+    """``(rho_k, nu_k)`` for every x; ``nu`` skips the ``copies`` of x_i in y (the same draw
+    in both samples: from_samples(x, x) is then about 0, not a zero distance)."""
     if tree:
         rho = _kth_tree(x, x, k + 1, metric, report)  # the point itself is its first neighbour
-        nu = _kth_tree(y, x, k, metric, report)
     else:
         rho = _kth_brute(x, x, k, metric, True, report)
-        nu = _kth_brute(y, x, k, metric, False, report)
+    nu = np.empty(x.shape[0])
+    for c in np.unique(copies):
+        sel = np.flatnonzero(copies == c)
+        kth = k + int(c)
+        if kth > y.shape[0]:
+            nu[sel] = np.inf
+            continue
+        if tree:
+            nu[sel] = _kth_tree(y, x[sel], kth, metric, report)
+        else:
+            nu[sel] = _kth_brute(y, x[sel], kth, metric, False, report)
     return rho, nu
 
 
@@ -357,7 +382,8 @@ def _estimate(
     n, d = x.shape
     m = y.shape[0]
     tree = _use_tree(algorithm, metric, d)
-    rho, nu = _knn_distances(x, y, k, metric, tree, report)
+    copies = _copies(x, y)
+    rho, nu = _knn_distances(x, y, k, metric, tree, report, copies)
     if method == "knn":
         with np.errstate(divide="ignore", invalid="ignore"):
             value = d * float(np.mean(np.log(nu) - np.log(rho))) + math.log(m / (n - 1))
@@ -367,6 +393,7 @@ def _estimate(
     eps = np.maximum(rho, nu)
     l_i, rho_l = _counts_within(x, x, eps, metric, tree, True)
     k_i, nu_k = _counts_within(y, x, eps, metric, tree, False)
+    k_i = k_i - copies  # a copy of x_i in y is the same draw, not a neighbour
     rho_side = rho >= nu  # the x side defines eps: l_i = k and rho_l = eps
     l_i = np.where(rho_side, k, np.maximum(l_i, 1))
     rho_l = np.where(rho_side, rho, rho_l)
@@ -456,7 +483,13 @@ def from_samples(
     if m < need_m:
         raise bad("y", f"at least {need_m} samples for k={k}", f"{m}")
 
-    repeats = _repeats(np.concatenate([xs, ys]))
+    # The estimator is scale-free: a power of two brings the data near 1 exactly, so that
+    # squared distances neither underflow nor overflow (data times 1e-200 or 1e160).
+    top = float(max(np.max(np.abs(xs)), np.max(np.abs(ys))))
+    if top > 0 and not 2.0**-64 <= top <= 2.0**64:
+        scale = 2.0 ** -math.frexp(top)[1]
+        xs, ys = xs * scale, ys * scale
+    repeats = _repeats(xs) + _repeats(ys)  # points shared by x and y are not repeats: see _copies
     dequantized = False
     if repeats:
         if duplicates == "raise":

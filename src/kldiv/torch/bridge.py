@@ -40,6 +40,7 @@ from torch.distributions.transforms import AbsTransform, ComposeTransform
 from .._kl import kl
 from ..dists import MultivariateNormal, Normal
 from ..errors import KLDivError, bad, describe
+from ..mc import heavy_tail_warning
 
 FALLBACKS = ("mc", "error")
 
@@ -76,7 +77,9 @@ def kl_divergence(
         ``"mc"``) and ``stderr``, a tensor of the same shape: 0 for a closed form, the standard
         error of the mean for a Monte Carlo estimate (``inf`` where the estimate is ``inf``).
         They live on this tensor object only: arithmetic on it returns plain tensors. A Monte
-        Carlo estimate is unbiased and may come out slightly negative.
+        Carlo estimate is unbiased and may come out slightly negative. ``warning``: None, or a
+        sentence when the samples' log-ratio has heavy tails (StudentT against Normal, say), so
+        that ``stderr`` can't be trusted (:func:`kldiv.mc.heavy_tail_warning`).
 
     >>> import torch
     >>> import torch.distributions as td
@@ -92,6 +95,7 @@ def kl_divergence(
     if found is not None:
         value, method = found
         stderr = torch.zeros_like(value.detach())
+        warning = None
     elif fallback == "error":
         raise KLDivError(
             f"kl_divergence(p, q): expected a pair with a closed form, got p: {_name(p)} and "
@@ -99,11 +103,12 @@ def kl_divergence(
             "a Monte Carlo estimate with its standard error"
         )
     else:
-        value, stderr = _monte_carlo(p, q, num_samples, generator)
+        value, stderr, warning = _monte_carlo(p, q, num_samples, generator)
         method = "mc"
     value = value.view(value.shape)  # a new tensor object: attributes never land on a shared one
     value.stderr = stderr
     value.method = method
+    value.warning = warning
     return value
 
 
@@ -412,7 +417,7 @@ class _seeded:
 
 def _monte_carlo(
     p: Any, q: Any, n: int, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, str | None]:
     batch = torch.broadcast_shapes(p.batch_shape, q.batch_shape)
     if p.batch_shape != batch:
         p = p.expand(batch)
@@ -437,4 +442,4 @@ def _monte_carlo(
     value = log_r.mean(0)
     stderr = log_r.detach().std(0) / math.sqrt(n)
     stderr = torch.where(torch.isfinite(value.detach()), stderr, math.inf)
-    return value, stderr
+    return value, stderr, heavy_tail_warning(log_r.detach())
