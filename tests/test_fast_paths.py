@@ -300,3 +300,17 @@ def test_expm1_error_within_the_assumed_bound(lib, dtype):
     rel = np.abs(got.astype(np.float64) - want) / np.abs(want)
     assert rel.max() <= _EXPM1_ERROR[lib, bits] / 2 * 1.0001, rel.max() / 2.0 ** (1 - bits)
     assert math.isfinite(rel.max())
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_broadcast_scalar_scale(lib):
+    """A scalar scale against an array location (the fast form's in-place updates must not
+    assume the scale's shape)."""
+    xpl = np if lib == "numpy" else torch
+    loc = xpl.asarray(np.array([[0.0, 1.0], [2.0, 3.0]]))
+    got = kldiv.kl(Normal(loc, std=2.0), Normal.standard())
+    want = kl_normal_normal_exact(
+        Normal(np.asarray(loc), std=np.full((2, 2), 2.0)),
+        Normal(np.zeros((2, 2)), std=np.ones((2, 2))),
+    )
+    _close(np.asarray(got), want, 1e-12, "broadcast scale")

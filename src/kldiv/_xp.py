@@ -631,8 +631,9 @@ def phi_fast(xp: Any, x: Any, e: Any = None) -> Any:
     if e is None:
         e = xp.expm1(x)
     bits, lib = _precision(xp, x), library_of(x)
-    if lib == "numpy" and np.ndim(x):
-        return _phi_numpy(x, e, bits)
+    if lib == "numpy":
+        shape = np.shape(x)
+        return _phi_numpy(np.atleast_1d(x), np.atleast_1d(e), bits).reshape(shape)
     if lib.startswith("array_api_strict"):  # NumPy underneath
         lib = "numpy"
     kappa = _EXPM1_ERROR.get((lib, bits), _EXPM1_ERROR_OTHER[bits])

@@ -216,11 +216,14 @@ def normal_terms(kind_p: str, kind_q: str, p_standard: bool, q_standard: bool) -
         inv = None if sq is None else _inv_sigma(xp, kind_q, sq)
         z = gap if inv is None else _gap_over_sigma(xp, gap, kind_q, sq, inv)
         value = phi_fast(xp, d, e)
-        if library_of(z) == "torch":
-            value.addcmul_(z, z)
+        if tuple(value.shape) != tuple(z.shape):  # one side broadcasts: out of place
+            value = 0.5 * (value + z * z)
         else:
-            value += z * z
-        value *= 0.5
+            if library_of(z) == "torch":
+                value.addcmul_(z, z)
+            else:
+                value += z * z
+            value *= 0.5
         partials: list = []
         if not p_standard:
             partials += [
